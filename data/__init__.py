@@ -1,0 +1,50 @@
+"""Dataset registry: ``--dataset_mode <mode>`` loads ``data/<mode>_dataset.py:<Mode>Dataset``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from data.base_dataset import BaseDataset
+from util.registry import available, find_class
+
+__all__ = ["BaseDataset", "create_dataset", "dataset_modes", "find_dataset"]
+
+
+def dataset_modes() -> list[str]:
+    """Names accepted by ``--dataset_mode``."""
+    return available(sys.modules[__name__], "dataset")
+
+
+def find_dataset(mode: str) -> type[BaseDataset]:
+    """The dataset class registered as ``mode``; ``ValueError`` lists the choices."""
+    return find_class(sys.modules[__name__], "dataset", mode, BaseDataset, "--dataset_mode")
+
+
+def create_dataset(opt: argparse.Namespace) -> DataLoader:
+    """Dataset chosen by ``opt.dataset_mode`` wrapped in a seeded ``DataLoader``.
+
+    Shuffling uses a generator seeded with ``opt.seed`` so that a run is reproducible; each
+    worker's numpy/python RNG is derived from torch's per-worker seed.
+    """
+    dataset = find_dataset(opt.dataset_mode)(opt)
+    if len(dataset) > opt.max_dataset_size:
+        dataset = Subset(dataset, range(int(opt.max_dataset_size)))
+    generator = torch.Generator()
+    generator.manual_seed(opt.seed)
+    shuffle = opt.isTrain and not opt.serial_batches
+    loader = DataLoader(
+        dataset,
+        batch_size=opt.batch_size,
+        shuffle=shuffle,
+        num_workers=opt.num_threads,
+        generator=generator,
+        persistent_workers=opt.num_threads > 0 and opt.isTrain,
+        drop_last=False,
+    )
+    if getattr(opt, "verbose", False):
+        print(f"dataset [{type(dataset).__name__}] with {len(dataset)} items was created")
+    return loader

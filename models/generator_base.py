@@ -1,0 +1,155 @@
+"""The interface both generator types implement, and their registry (``--netG_type``).
+
+The pix2pix model holds one :class:`Generator` chosen by name; it never branches on the type.
+All images are in "A geometry" (see ``data/base_dataset.py``): the band of ``h2`` rows centred
+on the slice is unknown, the context around it is known. SHRM composition, losses and
+discriminators live in the pix2pix model and are the same for every generator.
+"""
+
+from __future__ import annotations
+
+import abc
+import argparse
+from typing import Callable, ClassVar, NamedTuple, TypeVar
+
+import torch
+from torch import Tensor, nn
+
+
+class GeneratorOutput(NamedTuple):
+    """The seven outputs, in the order of the original HealthiVert-GAN.
+
+    Shapes for a batch of ``B`` slices of ``H x W`` pixels:
+
+    * ``coarse_seg``  (B, 1, H, W) in [0, 1]: stage-1 segmentation of the normal vertebrae.
+    * ``fine_seg``    (B, 1, H, W) in [0, 1]: stage-2 segmentation of the target vertebra.
+    * ``x_stage1``    (B, 1, H, W) in [-1, 1]: stage-1 CT, band generated, context as input.
+    * ``x_stage2``    (B, 1, H, W) in [-1, 1]: stage-2 (final) CT, same composition.
+    * ``offset_flow`` (B, 2, H, W): (dy, dx) offset in pixels from each band pixel to the
+      context patch it attends to most; zeros where a generator has no attention.
+    * ``pred1_h``     (B, 1) in [0, 1]: stage-1 vertebra height as a fraction of ``h2``.
+    * ``pred2_h``     (B, 1) in [0, 1]: stage-2 vertebra height as a fraction of ``h2``.
+    """
+
+    coarse_seg: Tensor
+    fine_seg: Tensor
+    x_stage1: Tensor
+    x_stage2: Tensor
+    offset_flow: Tensor
+    pred1_h: Tensor
+    pred2_h: Tensor
+
+
+class GeneratorInput(NamedTuple):
+    """What every generator is conditioned on (all in A geometry).
+
+    * ``masked_ct``   (B, 1, H, W) in [-1, 1], band filled with 0.
+    * ``band_mask``   (B, 1, H, W) in {0, 1}, 1 = band to synthesise.
+    * ``cam``         (B, 1, H, W) in [0, 1], HGAM attention, already inverted (1 - CAM).
+    * ``slice_ratio`` (B,) in [0, 1], distance of the slice from the vertebra's mid-sagittal
+      plane as a fraction of half its central L-R range.
+    """
+
+    masked_ct: Tensor
+    band_mask: Tensor
+    cam: Tensor
+    slice_ratio: Tensor
+
+
+class TrainingOutput(NamedTuple):
+    """Result of one training forward pass.
+
+    * ``outputs``: the seven tensors.
+    * ``aux_losses``: losses that only this generator type has (e.g. ``{"diff": ...}``),
+      already reduced to scalars and *not* yet weighted by their lambda.
+    * ``x0_weight``: (B,) weight of each sample in the losses computed on images (L1, Dice,
+      edge, height, GAN). All ones for a GAN; a function of the signal-to-noise ratio for
+      diffusion, where an x0 estimate at a very noisy timestep carries little information.
+    """
+
+    outputs: GeneratorOutput
+    aux_losses: dict[str, Tensor]
+    x0_weight: Tensor
+
+
+class SampleOutput(NamedTuple):
+    """Result of inference.
+
+    * ``outputs``: the seven tensors (the mean over samples where several were drawn).
+    * ``std``: (B, 1, H, W) per-pixel standard deviation of ``x_stage2`` over samples, or
+      ``None`` for a single deterministic sample.
+    * ``height_std``: (B, 1) standard deviation of ``pred2_h`` over samples, or ``None``.
+    """
+
+    outputs: GeneratorOutput
+    std: Tensor | None = None
+    height_std: Tensor | None = None
+
+
+class Generator(nn.Module, abc.ABC):
+    """A generator type selectable with ``--netG_type``."""
+
+    #: Name under which the class is registered.
+    name: ClassVar[str] = ""
+
+    @staticmethod
+    def modify_commandline_options(
+        parser: argparse.ArgumentParser, is_train: bool
+    ) -> argparse.ArgumentParser:
+        """Add the flags this generator type owns; return the parser."""
+        return parser
+
+    @classmethod
+    @abc.abstractmethod
+    def from_opt(cls, opt: argparse.Namespace) -> "Generator":
+        """Build the generator from parsed options (the only place it reads ``opt``)."""
+
+    @abc.abstractmethod
+    def training_forward(self, inp: GeneratorInput, target: Tensor) -> TrainingOutput:
+        """One training pass. ``target`` (B, 1, H, W) in [-1, 1] is the ground truth in A
+        geometry: the true band inside the mask, the input context outside it."""
+
+    @abc.abstractmethod
+    def sample(
+        self, inp: GeneratorInput, *, generator: torch.Generator | None = None
+    ) -> SampleOutput:
+        """Inference (no gradients needed). ``generator`` seeds any randomness."""
+
+
+_GENERATORS: dict[str, type[Generator]] = {}
+_G = TypeVar("_G", bound=type[Generator])
+
+
+def register_generator(name: str) -> Callable[[_G], _G]:
+    """Class decorator that makes a generator available as ``--netG_type name``."""
+
+    def wrap(cls: _G) -> _G:
+        if name in _GENERATORS:
+            raise ValueError(f"generator type {name!r} is registered twice")
+        cls.name = name
+        _GENERATORS[name] = cls
+        return cls
+
+    return wrap
+
+
+def generator_types() -> list[str]:
+    """Names of the registered generator types (imports the built-in ones)."""
+    _import_builtin()
+    return sorted(_GENERATORS)
+
+
+def find_generator(name: str) -> type[Generator]:
+    """Look a generator type up by name; ``ValueError`` lists the choices."""
+    _import_builtin()
+    try:
+        return _GENERATORS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown --netG_type {name!r}; choose one of: {', '.join(sorted(_GENERATORS))}"
+        ) from None
+
+
+def _import_builtin() -> None:
+    # Importing the modules runs their @register_generator decorators.
+    from models import diffusion_generator, gan_generator  # noqa: F401

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Sourced by demo.sh and test.sh: create .venv if missing and install the pinned requirements.
+# The venv is keyed by a hash of the requirements files: when they change, pip installs
+# exactly what they now say; when they have not changed, nothing is reinstalled.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VENV:-$ROOT/.venv}"
+PYTHON_BIN="${PYTHON_BIN:-python3.11}"
+command -v "$PYTHON_BIN" >/dev/null 2>&1 || PYTHON_BIN=python3
+
+REQS=("$ROOT/requirements.txt" "$ROOT/requirements-dev.txt")
+HASH="$(cat "${REQS[@]}" | sha256sum | cut -d' ' -f1)"
+STAMP="$VENV/.requirements.sha256"
+
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "[setup] creating $VENV with $("$PYTHON_BIN" --version)"
+    "$PYTHON_BIN" -m venv "$VENV"
+fi
+if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$HASH" ]; then
+    echo "[setup] installing requirements (torch is large: this takes a few minutes once)"
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    "$VENV/bin/python" -m pip install --quiet -r "$ROOT/requirements.txt" -r "$ROOT/requirements-dev.txt"
+    if [ "${INSTALL_VISDOM:-0}" = "1" ]; then
+        # visdom is an sdist that needs an older setuptools to build; live display is optional.
+        "$VENV/bin/python" -m pip install --quiet "setuptools<81" &&
+            "$VENV/bin/python" -m pip install --quiet --no-build-isolation visdom ||
+            echo "[setup] warning: visdom failed to install; live display stays off"
+    fi
+    echo "$HASH" > "$STAMP"
+else
+    echo "[setup] $VENV is up to date with the requirements"
+fi
+export PATH="$VENV/bin:$PATH"
+PY="$VENV/bin/python"

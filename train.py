@@ -1,0 +1,111 @@
+"""Train a model.
+
+Example (CPU, the embedded phantom data set):
+    python scripts/make_phantom.py --out datasets/phantom --n_patients 20 --img_size 64
+    python train.py --dataroot datasets/phantom --name gan_smoke --netG_type gan \
+        --img_size 64 --n_epochs 1 --n_epochs_decay 0 --gpu_ids -1
+
+Checkpoints, opt.txt/opt.json, loss_log.txt and web/index.html go to
+checkpoints/<name>/. ``--continue_train`` resumes networks, optimisers, schedulers, EMA,
+counters and RNG states from ``--epoch`` (default latest).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+import torch
+from tqdm import tqdm
+
+from data import create_dataset
+from models import create_model
+from options.train_options import TrainOptions
+from util.misc import seed_everything
+from util.visualizer import Visualizer
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite."""
+
+
+def check_finite(losses: dict[str, float], epoch: int, iters: int) -> None:
+    bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
+    if bad:
+        raise TrainingDiverged(
+            f"non-finite loss at epoch {epoch}, iteration {iters}: "
+            + ", ".join(f"{k}={v}" for k, v in bad.items())
+        )
+
+
+def train(opt) -> int:
+    seed_everything(opt.seed)
+    if opt.device == "cpu":
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+    loader = create_dataset(opt)
+    model = create_model(opt)
+    model.setup(opt)  # sets opt.epoch_count when resuming
+    visualizer = Visualizer(opt)
+    evaluator = model.make_evaluator(opt) if hasattr(model, "make_evaluator") else None
+    last_epoch = opt.n_epochs + opt.n_epochs_decay
+    if opt.epoch_count > last_epoch:
+        print(f"nothing to do: checkpoint is at epoch {opt.epoch_count - 1} of {last_epoch}")
+        return 0
+    print(f"training {opt.name}: epochs {opt.epoch_count}..{last_epoch}, "
+          f"{len(loader.dataset)} items per epoch, device {opt.device}")
+
+    epochs = tqdm(range(opt.epoch_count, last_epoch + 1), desc="epochs", unit="epoch",
+                  initial=opt.epoch_count - 1, total=last_epoch, dynamic_ncols=True)
+    for epoch in epochs:
+        model.train()
+        epoch_start = time.time()
+        iter_data_time = time.time()
+        epoch_iter = 0
+        batches = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False,
+                       dynamic_ncols=True)
+        for i, batch in enumerate(batches):
+            iter_start = time.time()
+            t_data = iter_start - iter_data_time
+            model.set_input(batch)
+            model.optimize_parameters()
+            n = len(batch["id"]) if "id" in batch else opt.batch_size
+            model.total_iters += n
+            epoch_iter += n
+            losses = model.get_current_losses()
+            check_finite(losses, epoch, model.total_iters)
+            batches.set_postfix({k: f"{v:.3g}" for k, v in list(losses.items())[:4]})
+            if i % max(1, opt.print_freq // opt.batch_size) == 0:
+                t_comp = (time.time() - iter_start) / max(1, n)
+                visualizer.print_current_losses(epoch, epoch_iter, losses, t_comp, t_data)
+                visualizer.plot_current_losses(
+                    epoch - 1 + epoch_iter / max(1, len(loader.dataset)), losses)
+            iter_data_time = time.time()
+
+        model.epoch = epoch
+        model.compute_visuals()
+        visualizer.display_current_results(model.get_current_visuals(), epoch)
+        if evaluator is not None:
+            metrics = evaluator(epoch)
+            if metrics:
+                visualizer.plot_current_losses(epoch, {f"val_{k}": v for k, v in metrics.items()})
+        label = epoch if epoch % opt.save_epoch_freq == 0 or epoch == last_epoch else "latest"
+        model.save_networks(label)
+        lr = model.update_learning_rate()
+        epochs.set_postfix(lr=f"{lr:.2e}", sec=f"{time.time() - epoch_start:.0f}")
+    print(f"done: checkpoints and report in {model.save_dir}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    opt = TrainOptions(argv).parse()
+    try:
+        return train(opt)
+    except TrainingDiverged as exc:
+        print(f"error: {exc}. Training stopped; the last good checkpoint in "
+              f"{opt.checkpoints_dir}/{opt.name} is kept.", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

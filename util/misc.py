@@ -1,0 +1,62 @@
+"""Small helpers used by the top-level scripts: devices, seeds, image conversion."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def resolve_device(gpu_ids: str | list[int]) -> tuple[str, list[int]]:
+    """Turn ``--gpu_ids`` into ``(device string, list of CUDA ids)``.
+
+    ``"auto"`` picks CUDA device 0 when one is present, else the CPU; ``"-1"`` is the CPU;
+    ``"0,1"`` lists CUDA devices (the first one holds the model).
+    """
+    if isinstance(gpu_ids, list):
+        ids = gpu_ids
+    elif gpu_ids == "auto":
+        ids = [0] if torch.cuda.is_available() else []
+    else:
+        try:
+            ids = [int(x) for x in str(gpu_ids).split(",") if x.strip() != ""]
+        except ValueError:
+            raise ValueError(
+                f"--gpu_ids must be 'auto', -1 or comma-separated integers, got {gpu_ids!r}"
+            ) from None
+        ids = [i for i in ids if i >= 0]
+    if ids and not torch.cuda.is_available():
+        raise ValueError(f"--gpu_ids {gpu_ids} asks for CUDA but no CUDA device is available; "
+                         "use --gpu_ids -1 for the CPU")
+    if ids and max(ids) >= torch.cuda.device_count():
+        raise ValueError(f"--gpu_ids {gpu_ids}: only {torch.cuda.device_count()} CUDA "
+                         "device(s) present")
+    return (f"cuda:{ids[0]}" if ids else "cpu"), ids
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def tensor2im(image: Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
+    """First image of a batch ``(B, C, H, W)`` (or one ``(C, H, W)``) as ``(H, W, 3)`` uint8.
+
+    Values are mapped linearly from ``value_range`` to 0..255 and clipped.
+    """
+    img = image.detach()
+    if img.dim() == 4:
+        img = img[0]
+    img = img.float().cpu()
+    if img.shape[0] == 1:
+        img = img.expand(3, *img.shape[1:])
+    elif img.shape[0] == 2:  # offset fields: magnitude as grey
+        img = img.norm(dim=0, keepdim=True).expand(3, *img.shape[1:])
+        value_range = (0.0, max(float(img.max()), 1e-6))
+    lo, hi = value_range
+    arr = ((img.numpy()[:3] - lo) / (hi - lo)).clip(0, 1) * 255.0
+    return np.ascontiguousarray(arr.transpose(1, 2, 0).round().astype(np.uint8))
