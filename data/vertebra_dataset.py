@@ -1,0 +1,634 @@
+"""``--dataset_mode vertebra``: one sagittal slice of one vertebra per item (HealthiVert).
+
+Reads ``<dataroot>/{CT,label,heatmap}/<pid>_<vid>.nii.gz`` and ``vertebra_data.json`` (see
+docs/ARCHITECTURE.md, "One sample"). Per item:
+
+1. Slice choice: over the central 4/5 of the target's extent along axis 2 (L-R), slices ``k``
+   with pyramid weights ``1 - |k - c| / (half + 1)`` (``c``, ``half``: centre and half width of
+   that range), so centre slices are the most likely and the edges keep a small weight;
+   ``slice_ratio = |k - c| / half`` in [0, 1].
+2. A slice is *valid* when the target is present in it and its row extent ``h`` (at
+   ``img_size``) is below the band height ``h2``: a taller vertebra would not fit the band
+   (the A geometry would lose rows of it), so such slices are excluded. A vertebra with no
+   valid slice is dropped when the index is built (one warning lists them).
+3. The slice is resized in-plane to ``img_size`` (CT, heatmap: bilinear with antialiasing;
+   labels: nearest) before any geometry, then A and B geometry follow ``data/base_dataset.py``.
+
+The geometry functions below are pure (numpy in, numpy out) and public so that the model and
+the evaluation can reuse them. Volumes are cached per dataset instance (so per worker) in a
+bounded LRU, already resized and stored slice-major ``(D, S, S)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from data.base_dataset import BaseDataset, band_px, band_rows, centred_rows
+from util.nifti_io import NiftiError, load_nifti
+
+VERT_CLASSES = ("normal", "abnormal", "all")
+SLICE_MODES = ("random", "all")
+SPLIT_FILE = "vertebra_data.json"
+
+
+# ----------------------------------------------------------------------------- geometry
+def vertebra_rows(label_slice: np.ndarray, vid: int) -> tuple[int, int] | None:
+    """First and last row (inclusive) of label ``vid`` in a ``(S, W)`` slice, or ``None``."""
+    rows = np.flatnonzero((label_slice == vid).any(axis=1))
+    if rows.size == 0:
+        return None
+    return int(rows[0]), int(rows[-1])
+
+
+def close_context_index(x1: int, x2: int, img_size: int) -> np.ndarray:
+    """Source row of every output row in A geometry, ``(S,)`` int64; ``-1`` in the band.
+
+    The vertebra occupies rows ``x1..x2`` (inclusive) of the source. Rows above it are shifted
+    so they end where the band starts, rows below so they start where the band ends; source
+    indices outside the image are clamped to the edge rows.
+    """
+    b0, b1 = band_rows(img_size)
+    out = np.arange(img_size, dtype=np.int64)
+    out[:b0] += x1 - b0  # out[b0 - 1] = src[x1 - 1]
+    out[b1:] += x2 + 1 - b1  # out[b1] = src[x2 + 1]
+    np.clip(out, 0, img_size - 1, out=out)
+    out[b0:b1] = -1
+    return out
+
+
+def centre_index(x1: int, x2: int, img_size: int) -> np.ndarray:
+    """Source row of every output row in B geometry, ``(S,)`` int64 (edge-clamped): the
+    vertebra (rows ``x1..x2``, height ``h``) lands on rows ``[S//2 - h//2, S//2 - h//2 + h)``."""
+    c0, _ = centred_rows(x2 - x1 + 1, img_size)
+    return np.clip(np.arange(img_size, dtype=np.int64) + (x1 - c0), 0, img_size - 1)
+
+
+def _check_rows(image: np.ndarray, x1: int, x2: int, img_size: int | None) -> int:
+    size = image.shape[0]
+    if img_size is not None and img_size != size:
+        raise ValueError(f"image has {size} rows but img_size={img_size}")
+    if not 0 <= x1 <= x2 < size:
+        raise ValueError(f"vertebra rows {x1}..{x2} outside an image of {size} rows")
+    if x2 - x1 + 1 >= band_px(size):
+        raise ValueError(f"vertebra height {x2 - x1 + 1} >= band height {band_px(size)}")
+    return size
+
+
+def close_context(
+    image: np.ndarray, x1: int, x2: int, img_size: int | None = None, fill: float = 0.0
+) -> np.ndarray:
+    """A geometry of a ``(S, W)`` slice (any dtype): vertebra rows ``x1..x2`` cut out, the
+    context closed on the band, band rows set to ``fill`` (0 in [-1, 1] CT units)."""
+    size = _check_rows(image, x1, x2, img_size)
+    idx = close_context_index(x1, x2, size)
+    out = image[np.maximum(idx, 0)]
+    out[idx < 0] = fill
+    return out
+
+
+def centre_vertebra(image: np.ndarray, x1: int, x2: int, img_size: int | None = None) -> np.ndarray:
+    """B geometry of a ``(S, W)`` slice: shifted so rows ``x1..x2`` are centred."""
+    size = _check_rows(image, x1, x2, img_size)
+    return image[centre_index(x1, x2, size)]
+
+
+def resize_rows(image: np.ndarray, n_rows: int) -> np.ndarray:
+    """Linear resize of a ``(h, W)`` array to ``(n_rows, W)`` float32 along rows only
+    (pixel-centre alignment, like ``align_corners=False``)."""
+    h = image.shape[0]
+    pos = np.clip((np.arange(n_rows) + 0.5) * h / n_rows - 0.5, 0.0, h - 1.0)
+    i0 = np.floor(pos).astype(np.int64)
+    i1 = np.minimum(i0 + 1, h - 1)
+    t = (pos - i0).astype(np.float32)[:, None]
+    img = image.astype(np.float32, copy=False)
+    return img[i0] * (1.0 - t) + img[i1] * t
+
+
+def cam_to_a_geometry(cam: np.ndarray, x1: int, x2: int, img_size: int | None = None) -> np.ndarray:
+    """CAM ``(S, W)`` in A geometry: context as :func:`close_context`, and the band holds the
+    vertebra's CAM rows ``x1..x2`` resized to ``h2`` rows. float32, range kept."""
+    size = _check_rows(cam, x1, x2, img_size)
+    out = close_context(cam.astype(np.float32, copy=False), x1, x2, size)
+    b0, b1 = band_rows(size)
+    out[b0:b1] = resize_rows(cam[x1 : x2 + 1], b1 - b0)
+    return out
+
+
+def central_range(z0: int, z1: int) -> tuple[int, int]:
+    """Inclusive slice range ``(lo, hi)`` of the central 4/5 of the extent ``z0..z1``."""
+    length = z1 - z0 + 1
+    n = max(1, length * 4 // 5)  # integer arithmetic: no 0.8 * 15 = 11.999... surprises
+    lo = z0 + (length - n) // 2
+    return lo, lo + n - 1
+
+
+def pyramid_weights(lo: int, hi: int, ks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unnormalised pyramid weights and ``slice_ratio`` of slices ``ks`` in ``lo..hi``.
+
+    ``c = (lo + hi) / 2``, ``half = (hi - lo) / 2``; weight ``1 - |k - c| / (half + 1)``,
+    ratio ``|k - c| / half`` (0 when the range is a single slice).
+    """
+    c, half = (lo + hi) / 2.0, (hi - lo) / 2.0
+    d = np.abs(np.asarray(ks, dtype=np.float64) - c)
+    ratio = d / half if half > 0 else np.zeros_like(d)
+    return 1.0 - d / (half + 1.0), ratio
+
+
+def _ct_to_unit(ct: np.ndarray) -> np.ndarray:
+    out = ct.astype(np.float32)  # uint8 window -> [-1, 1], in place after one copy
+    out /= np.float32(127.5)
+    out -= np.float32(1.0)
+    return out
+
+
+def build_slice_sample(
+    ct: np.ndarray,
+    label: np.ndarray,
+    cam: np.ndarray | None,
+    vid: int,
+    normal_ids: Iterable[int],
+) -> dict[str, Any]:
+    """The image part of one sample from one slice already at ``S = img_size``.
+
+    Args:
+        ct: ``(S, S)`` uint8 CT window.
+        label: ``(S, S)`` uint8 VerSe labels.
+        cam: ``(S, S)`` float heatmap in [0, 1], or ``None`` for zeros.
+        vid: label id of the target vertebra.
+        normal_ids: label ids that count as normal (grade 0) in ``normal_vert``.
+
+    Returns ``A, B, mask, vert_mask, normal_vert, CAM`` as ``(S, S)`` float32 and ``height``
+    (px), ``x1, x2`` (B geometry), ``h2``, ``src_x1, src_x2`` (rows in the input slice).
+    Raises ``ValueError`` when the vertebra is absent or not below the band height.
+    """
+    size = ct.shape[0]
+    rows = vertebra_rows(label, vid)
+    if rows is None:
+        raise ValueError(f"vertebra {vid} is absent from this slice")
+    x1, x2 = rows
+    label_b = centre_vertebra(label, x1, x2, size)  # also rejects h >= h2
+    # Gather uint8 rows first, convert after: cheaper than converting the whole slice.
+    ia = close_context_index(x1, x2, size)
+    a = _ct_to_unit(ct[np.maximum(ia, 0)])
+    a[ia < 0] = 0.0
+    b0, b1 = band_rows(size)
+    mask = np.zeros((size, size), np.float32)
+    mask[b0:b1] = 1.0
+    normal = np.zeros((size, size), bool)
+    for i in normal_ids:  # a handful of ids per volume: faster than a lookup-table gather
+        normal |= label_b == i
+    h = x2 - x1 + 1
+    c0, _ = centred_rows(h, size)
+    return {
+        "A": a,
+        "B": _ct_to_unit(ct[centre_index(x1, x2, size)]),
+        "mask": mask,
+        "vert_mask": (label_b == vid).astype(np.float32),
+        "normal_vert": normal.astype(np.float32),
+        "CAM": np.zeros_like(mask) if cam is None else cam_to_a_geometry(cam, x1, x2, size),
+        "height": float(h),
+        "x1": c0,
+        "x2": c0 + h - 1,
+        "h2": b1 - b0,
+        "src_x1": x1,
+        "src_x2": x2,
+    }
+
+
+# ----------------------------------------------------------------------------- volumes
+def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
+    return np.minimum(((np.arange(n_out) + 0.5) * n_in / n_out).astype(np.int64), n_in - 1)
+
+
+def volume_to_slices(
+    data: np.ndarray, kind: str, img_size: int, path: str | Path = "<array>"
+) -> np.ndarray:
+    """Native ``(H, W, D)`` volume -> slice-major ``(D, S, S)`` contiguous array at ``S =
+    img_size``: ``kind`` ``"ct"`` (uint8 window 0..255) and ``"label"`` (ids 0..255) give
+    uint8, ``"cam"`` (floats in [0, 1]) float32. ``path`` only names the source in errors."""
+    if kind not in ("ct", "label", "cam"):
+        raise ValueError(f"kind must be 'ct', 'label' or 'cam', got {kind!r}")
+    if data.ndim != 3:
+        raise ValueError(f"{path} has shape {data.shape}, expected a 3-D volume (H, W, D)")
+    vol = np.moveaxis(data, 2, 0)
+    h, w = vol.shape[1:]
+    if kind == "label":
+        if np.issubdtype(vol.dtype, np.floating):
+            vol = np.rint(vol)
+        if vol.min() < 0 or vol.max() > 255:
+            raise ValueError(f"{path}: label ids must lie in 0..255")
+        vol = vol.astype(np.uint8)
+        if (h, w) != (img_size, img_size):
+            vol = vol[:, _nearest_index(h, img_size)][:, :, _nearest_index(w, img_size)]
+        return np.ascontiguousarray(vol)
+    same_size = (h, w) == (img_size, img_size)
+    if kind == "ct" and vol.dtype == np.uint8 and same_size:
+        return np.ascontiguousarray(vol)  # the common case: nothing to convert
+    if kind == "cam" and not np.issubdtype(vol.dtype, np.floating):
+        raise ValueError(f"{path}: a heatmap must be stored as floats in [0, 1], not {vol.dtype}")
+    hi = 255.0 if kind == "ct" else 1.0
+    if vol.dtype != np.uint8 and (vol.min() < -1e-4 or vol.max() > hi + 1e-4):
+        raise ValueError(f"{path}: values must lie in [0, {hi:g}] ({kind})")
+    if not same_size:
+        t = torch.from_numpy(np.ascontiguousarray(vol, dtype=np.float32))[:, None]
+        t = F.interpolate(
+            t, size=(img_size, img_size), mode="bilinear", align_corners=False, antialias=True
+        )
+        vol = t[:, 0].numpy()
+    if kind == "ct":
+        return np.ascontiguousarray(np.clip(np.rint(vol), 0, 255).astype(np.uint8))
+    return np.ascontiguousarray(np.clip(vol, 0.0, 1.0), dtype=np.float32)
+
+
+def _header_shape(path: Path) -> tuple[int, ...]:
+    if not path.is_file():
+        raise FileNotFoundError(f"NIfTI file not found: {path}")
+    try:
+        return tuple(nib.load(str(path)).shape)
+    except (OSError, EOFError, zlib.error, nib.filebasedimages.ImageFileError, ValueError) as exc:
+        raise NiftiError(f"cannot read NIfTI file {path}: {exc}") from exc
+
+
+class VolumeCache:
+    """LRU of loaded volumes keyed by path, bounded in bytes (the newest volume always stays);
+    ``loads`` counts file reads."""
+
+    def __init__(self, max_mb: float = 1024.0) -> None:
+        if max_mb <= 0:
+            raise ValueError(f"max_cache_mb must be > 0, got {max_mb}")
+        self.max_bytes = int(max_mb * 2**20)
+        self.loads = 0
+        self.nbytes = 0
+        self._data: OrderedDict[Path, np.ndarray] = OrderedDict()
+
+    def get(self, path: Path, load: Callable[[Path], np.ndarray]) -> np.ndarray:
+        if path in self._data:
+            self._data.move_to_end(path)
+            return self._data[path]
+        value = load(path)
+        self.loads += 1
+        self._data[path] = value
+        self.nbytes += value.nbytes
+        while self.nbytes > self.max_bytes and len(self._data) > 1:
+            self.nbytes -= self._data.popitem(last=False)[1].nbytes
+        return value
+
+    def empty_copy(self) -> VolumeCache:
+        return VolumeCache(self.max_bytes / 2**20)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+@dataclass(frozen=True)
+class VertebraInfo:
+    """Index entry of one vertebra volume (rows and heights at ``img_size``)."""
+
+    key: str
+    pid: str
+    vid: int
+    grade: int
+    shape: tuple[int, ...]  # native (H, W, D) of the label file
+    lo: int  # central range of slices, inclusive
+    hi: int
+    valid: np.ndarray  # (n,) int64 valid slice indices in lo..hi, ascending
+    probs: np.ndarray  # (n,) float64 sampling probabilities of ``valid``
+    ratios: np.ndarray  # (n,) float64 slice_ratio of ``valid``
+    label_ids: tuple[int, ...]  # non-zero label ids present in the volume
+
+
+def split_key(key: str) -> tuple[str, int]:
+    """``"<pid>_<vid>"`` -> ``(pid, vid)``, split at the last ``_``."""
+    pid, sep, vid = key.rpartition("_")
+    if not sep or not pid or not vid.isdigit():
+        raise ValueError(f"vertebra id {key!r} is not of the form <pid>_<label id>")
+    return pid, int(vid)
+
+
+# ----------------------------------------------------------------------------- dataset
+class VertebraDataset(BaseDataset):
+    """Sagittal slices of the vertebrae of one split (see the module docstring).
+
+    Build it from options (``VertebraDataset(opt)``) or from typed arguments
+    (:meth:`create`). Items are dicts of tensors with the keys of docs/ARCHITECTURE.md.
+    """
+
+    @staticmethod
+    def modify_commandline_options(
+        parser: argparse.ArgumentParser, is_train: bool
+    ) -> argparse.ArgumentParser:
+        parser.add_argument(
+            "--vert_class",
+            choices=VERT_CLASSES,
+            default="normal" if is_train else "all",
+            help="vertebrae to use: grade 0, grade > 0, or all",
+        )
+        parser.add_argument(
+            "--slice_mode",
+            choices=SLICE_MODES,
+            default="random" if is_train else "all",
+            help="random: one item per vertebra, a pyramid-weighted random "
+            "slice each time; all: one item per valid slice, in order",
+        )
+        parser.add_argument(
+            "--no_cam", action="store_true", help="do not read heatmap/; the CAM input is all zeros"
+        )
+        parser.add_argument(
+            "--max_cache_mb",
+            type=float,
+            default=1024.0,
+            help="memory for decoded volumes per data-loading process (LRU); 24 MB per "
+            "vertebra at 256 px (CT, label, heatmap), 1.5 MB at 64 px",
+        )
+        return parser
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        dataroot: str | Path,
+        phase: str = "train",
+        img_size: int = 256,
+        vert_class: str = "normal",
+        slice_mode: str = "random",
+        seed: int = 0,
+        use_cam: bool = True,
+        max_cache_mb: float = 1024.0,
+        max_dataset_size: int | None = None,
+    ) -> VertebraDataset:
+        """Build without argparse (tests, scripts)."""
+        opt = argparse.Namespace(
+            dataroot=str(dataroot),
+            phase=phase,
+            img_size=img_size,
+            vert_class=vert_class,
+            slice_mode=slice_mode,
+            seed=seed,
+            no_cam=not use_cam,
+            max_cache_mb=max_cache_mb,
+            max_dataset_size=float("inf") if max_dataset_size is None else max_dataset_size,
+            isTrain=phase == "train",
+        )
+        return cls(opt)
+
+    def __init__(self, opt: argparse.Namespace) -> None:
+        super().__init__(opt)
+        is_train = bool(getattr(opt, "isTrain", False))
+        self.root = Path(opt.dataroot)
+        self.phase = str(opt.phase)
+        self.img_size = int(opt.img_size)
+        self.vert_class = getattr(opt, "vert_class", "normal" if is_train else "all")
+        self.slice_mode = getattr(opt, "slice_mode", "random" if is_train else "all")
+        self.seed = int(getattr(opt, "seed", 0))
+        self.use_cam = not getattr(opt, "no_cam", False)
+        if self.vert_class not in VERT_CLASSES:
+            raise ValueError(f"--vert_class {self.vert_class!r}: choose one of {VERT_CLASSES}")
+        if self.slice_mode not in SLICE_MODES:
+            raise ValueError(f"--slice_mode {self.slice_mode!r}: choose one of {SLICE_MODES}")
+        if self.img_size < 16:
+            raise ValueError(f"--img_size must be at least 16, got {self.img_size}")
+        self.cache = VolumeCache(float(getattr(opt, "max_cache_mb", 1024.0)))
+        self._rng: np.random.Generator | None = None
+        self._rng_key: tuple[int, int] | None = None
+        self._healthy: dict[str, VertebraInfo] = {}
+
+        self.grades, keys = self._read_split()
+        for folder in ("CT", "label") + (("heatmap",) if self.use_cam else ()):
+            if not (self.root / folder).is_dir():
+                hint = " (or pass --no_cam to use an all-zero CAM)" if folder == "heatmap" else ""
+                raise FileNotFoundError(f"data folder not found: {self.root / folder}{hint}")
+        infos, dropped = [], []
+        for key in keys:
+            info = self._index(key, healthy=False)
+            (infos if info.valid.size else dropped).append(info)
+        if dropped:
+            warnings.warn(
+                f"{len(dropped)} vertebrae have no slice with a height below the band "
+                f"({band_px(self.img_size)} rows at {self.img_size} px) and are dropped: "
+                + ", ".join(i.key for i in dropped),
+                stacklevel=2,
+            )
+        if not infos:
+            raise ValueError(
+                f"no usable vertebra in {self.root / SPLIT_FILE} for phase "
+                f"{self.phase!r}, vert_class {self.vert_class!r}"
+            )
+        self.infos: dict[str, VertebraInfo] = {i.key: i for i in infos}
+        if self.slice_mode == "random":
+            self.items: list[tuple[str, int | None]] = [(i.key, None) for i in infos]
+        else:
+            self.items = [(i.key, int(k)) for i in infos for k in i.valid]
+        limit = getattr(opt, "max_dataset_size", float("inf"))
+        if limit is not None and len(self.items) > limit:
+            self.items = self.items[: int(limit)]
+
+    # ------------------------------------------------------------------ index
+    def _read_split(self) -> tuple[dict[str, int], list[str]]:
+        """All grades of the JSON (this phase last) and the keys of this phase/vert_class."""
+        path = self.root / SPLIT_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"split file not found: {path}")
+        try:
+            splits = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+        if not isinstance(splits, dict) or not all(isinstance(v, dict) for v in splits.values()):
+            raise ValueError(f"{path} must map phase -> {{'<pid>_<vid>': grade}}")
+        grades: dict[str, int] = {}
+        for name in [n for n in splits if n != self.phase] + [self.phase]:
+            for key, grade in splits.get(name, {}).items():
+                if grade is not None and (isinstance(grade, bool) or not isinstance(grade, int)):
+                    raise ValueError(f"{path}: grade of {key!r} must be an integer, got {grade!r}")
+                split_key(key)
+                grades[key] = -1 if grade is None else grade
+        wanted = {"normal": lambda g: g == 0, "abnormal": lambda g: g > 0, "all": lambda g: True}
+        keys = [k for k in splits.get(self.phase, {}) if wanted[self.vert_class](grades[k])]
+        if not keys:
+            raise ValueError(
+                f"empty split: {path} has no vertebra for phase {self.phase!r} "
+                f"with vert_class {self.vert_class!r}"
+            )
+        return grades, keys
+
+    def _paths(self, key: str, healthy: bool) -> tuple[Path, Path, Path | None]:
+        ct_dir, label_dir = ("healthy_CT", "healthy_label") if healthy else ("CT", "label")
+        name = f"{key}.nii.gz"
+        cam = self.root / "heatmap" / name if self.use_cam else None
+        return self.root / ct_dir / name, self.root / label_dir / name, cam
+
+    def _index(self, key: str, healthy: bool) -> VertebraInfo:
+        """Check the files of ``key`` and scan its label for valid slices."""
+        pid, vid = split_key(key)
+        ct_path, label_path, cam_path = self._paths(key, healthy)
+        shape = _header_shape(label_path)
+        for path in (ct_path, cam_path):
+            if path is not None and _header_shape(path) != shape:
+                raise ValueError(
+                    f"{path} has shape {_header_shape(path)} but {label_path} has shape {shape}"
+                )
+        label = self._volume(label_path, "label", shape)  # (D, S, S)
+        present = label == vid
+        rows_any = present.any(axis=2)  # (D, S): rows holding the target, per slice
+        in_slice = rows_any.any(axis=1)
+        if not in_slice.any():
+            raise ValueError(f"{label_path} does not contain vertebra id {vid} (from {key!r})")
+        zs = np.flatnonzero(in_slice)
+        lo, hi = central_range(int(zs[0]), int(zs[-1]))
+        size = self.img_size
+        first = rows_any.argmax(axis=1)
+        last = size - 1 - rows_any[:, ::-1].argmax(axis=1)
+        ks = np.arange(lo, hi + 1)
+        ok = in_slice[ks] & (last[ks] - first[ks] + 1 < band_px(size))
+        weights, ratios = pyramid_weights(lo, hi, ks)
+        valid = ks[ok]
+        probs = weights[ok] / weights[ok].sum() if valid.size else weights[ok]
+        ids = np.flatnonzero(np.bincount(label.ravel(), minlength=256)[1:]) + 1
+        grade = self.grades.get(key, -1)
+        return VertebraInfo(
+            key=key,
+            pid=pid,
+            vid=vid,
+            grade=grade,
+            shape=shape,
+            lo=lo,
+            hi=hi,
+            valid=valid.astype(np.int64),
+            probs=probs,
+            ratios=ratios[ok],
+            label_ids=tuple(int(i) for i in ids),
+        )
+
+    # ------------------------------------------------------------------ loading
+    def _volume(self, path: Path, kind: str, shape: tuple[int, ...]) -> np.ndarray:
+        def load(p: Path) -> np.ndarray:
+            data = load_nifti(p)[0]
+            if data.shape != shape:
+                raise ValueError(f"{p} has shape {data.shape}, expected {shape} (its label)")
+            return volume_to_slices(data, kind, self.img_size, p)
+
+        return self.cache.get(path, load)
+
+    def normal_ids(self, key: str, *, healthy: bool = False) -> list[int]:
+        """Label ids of the volume of ``key`` that count as normal in ``normal_vert``: grade 0
+        in the JSON or not listed (neighbours); the target only when its grade is 0, or
+        always with ``healthy=True`` (the healthy truth of a fractured vertebra)."""
+        info = self._info(key, healthy)
+        out = []
+        for i in info.label_ids:
+            if i == info.vid:
+                normal = healthy or info.grade == 0
+            else:
+                normal = self.grades.get(f"{info.pid}_{i}", 0) in (0, -1)
+            if normal:
+                out.append(i)
+        return out
+
+    def _info(self, key: str, healthy: bool) -> VertebraInfo:
+        if healthy:
+            if key not in self._healthy:
+                self._healthy[key] = self._index(key, healthy=True)
+            return self._healthy[key]
+        if key not in self.infos:
+            raise KeyError(
+                f"vertebra {key!r} is not in this dataset ({self.phase}, {self.vert_class})"
+            )
+        return self.infos[key]
+
+    # ------------------------------------------------------------------ public helpers
+    def keys(self) -> list[str]:
+        """Vertebra ids of this dataset, in JSON order."""
+        return list(self.infos)
+
+    def valid_slices(self, key: str, *, healthy: bool = False) -> list[int]:
+        """Every valid slice index of vertebra ``key`` (ascending); ``healthy`` reads
+        ``healthy_CT/``/``healthy_label/`` (phantom) instead of ``CT/``/``label/``."""
+        return [int(k) for k in self._info(key, healthy).valid]
+
+    def has_healthy(self, key: str) -> bool:
+        """Whether the root holds a healthy volume pair for ``key`` (phantom fractures)."""
+        ct, label, _ = self._paths(key, healthy=True)
+        return ct.is_file() and label.is_file()
+
+    def get_sample(self, key: str, k: int, *, healthy: bool = False) -> dict[str, Any]:
+        """The sample of vertebra ``key`` at slice ``k`` (deterministic).
+
+        With ``healthy=True`` the CT and label come from ``healthy_CT/``/``healthy_label/``
+        (the heatmap stays ``heatmap/<key>``) and the target counts as normal in
+        ``normal_vert``; ``grade`` stays the JSON grade. ``ValueError`` if ``k`` is not valid.
+        """
+        info = self._info(key, healthy)
+        pos = np.searchsorted(info.valid, k)
+        if pos >= info.valid.size or info.valid[pos] != k:
+            raise ValueError(
+                f"slice {k} of {key!r} is not valid (valid: "
+                f"{info.valid.tolist()}; healthy={healthy})"
+            )
+        ct_path, label_path, cam_path = self._paths(key, healthy)
+        label = self._volume(label_path, "label", info.shape)[k]
+        ct = self._volume(ct_path, "ct", info.shape)[k]
+        cam = None if cam_path is None else self._volume(cam_path, "cam", info.shape)[k]
+        s = build_slice_sample(ct, label, cam, info.vid, self.normal_ids(key, healthy=healthy))
+        out: dict[str, Any] = {
+            name: torch.from_numpy(s[name][None])
+            for name in ("A", "B", "mask", "vert_mask", "normal_vert", "CAM")
+        }
+        out["height"] = torch.tensor(s["height"], dtype=torch.float32)
+        for name in ("x1", "x2", "h2"):
+            out[name] = torch.tensor(s[name], dtype=torch.int64)
+        out["slice_ratio"] = torch.tensor(info.ratios[pos], dtype=torch.float32)
+        out["slice_index"] = torch.tensor(k, dtype=torch.int64)
+        out["grade"] = torch.tensor(info.grade, dtype=torch.int64)
+        out["id"] = key
+        return out
+
+    def vertebra_rows_in_slice(self, key: str, k: int, *, healthy: bool = False) -> tuple[int, int]:
+        """Rows ``(x1, x2)`` (inclusive, at ``img_size``) of the vertebra in the unshifted
+        slice ``k``: B geometry moves them by ``sample['x1'] - x1``."""
+        info = self._info(key, healthy)
+        _, label_path, _ = self._paths(key, healthy)
+        rows = vertebra_rows(self._volume(label_path, "label", info.shape)[k], info.vid)
+        if rows is None:
+            raise ValueError(f"vertebra {key!r} is absent from slice {k}")
+        return rows
+
+    # ------------------------------------------------------------------ Dataset API
+    def rng(self) -> np.random.Generator:
+        """numpy Generator of this process: seeded from ``seed`` in the main process, and from
+        (``seed``, worker id, torch's per-worker seed) in a DataLoader worker, so workers and
+        epochs differ while a run with a fixed seed is reproducible."""
+        info = torch.utils.data.get_worker_info()
+        key = (-1, 0) if info is None else (info.id, torch.initial_seed())
+        if self._rng is None or key != self._rng_key:
+            entropy = [self.seed] if info is None else [self.seed, info.id + 1, key[1]]
+            self._rng = np.random.default_rng(np.random.SeedSequence(entropy))
+            self._rng_key = key
+        return self._rng
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        key, k = self.items[index]
+        if k is None:
+            info = self.infos[key]
+            k = int(self.rng().choice(info.valid, p=info.probs))
+        return self.get_sample(key, k)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Spawned workers start with an empty cache instead of a pickled copy of it.
+        state = self.__dict__.copy()
+        state["cache"] = self.cache.empty_copy()
+        return state
