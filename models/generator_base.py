@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import abc
 import argparse
-from typing import Callable, ClassVar, NamedTuple, TypeVar
+from collections.abc import Callable
+from typing import ClassVar, NamedTuple, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -91,6 +92,10 @@ class Generator(nn.Module, abc.ABC):
 
     #: Name under which the class is registered.
     name: ClassVar[str] = ""
+    #: Keys of ``TrainingOutput.aux_losses`` (each gets a ``--lambda_<key>`` weight).
+    aux_loss_names: ClassVar[tuple[str, ...]] = ()
+    #: Default EMA decay of the weights for this type (0 = no EMA).
+    default_ema_decay: ClassVar[float] = 0.0
 
     @staticmethod
     def modify_commandline_options(
@@ -101,13 +106,18 @@ class Generator(nn.Module, abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def from_opt(cls, opt: argparse.Namespace) -> "Generator":
+    def from_opt(cls, opt: argparse.Namespace) -> Generator:
         """Build the generator from parsed options (the only place it reads ``opt``)."""
 
     @abc.abstractmethod
     def training_forward(self, inp: GeneratorInput, target: Tensor) -> TrainingOutput:
         """One training pass. ``target`` (B, 1, H, W) in [-1, 1] is the ground truth in A
         geometry: the true band inside the mask, the input context outside it."""
+
+    def crop_bounds(self, img_size: int) -> tuple[int, int]:
+        """Rows ``[start, stop)`` the network predicts; outside them the segmentations are 0
+        and the model's segmentation losses ignore those rows. Default: the whole slice."""
+        return 0, img_size
 
     @abc.abstractmethod
     def sample(
