@@ -26,14 +26,10 @@ from util.misc import seed_everything
 from util.visualizer import Visualizer
 
 
-class TrainingDiverged(RuntimeError):
-    """A loss became NaN or infinite."""
-
-
 def check_finite(losses: dict[str, float], epoch: int, iters: int) -> None:
     bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
     if bad:
-        raise TrainingDiverged(
+        raise FloatingPointError(
             f"non-finite loss at epoch {epoch}, iteration {iters}: "
             + ", ".join(f"{k}={v}" for k, v in bad.items())
         )
@@ -52,18 +48,25 @@ def train(opt) -> int:
     if opt.epoch_count > last_epoch:
         print(f"nothing to do: checkpoint is at epoch {opt.epoch_count - 1} of {last_epoch}")
         return 0
-    print(f"training {opt.name}: epochs {opt.epoch_count}..{last_epoch}, "
-          f"{len(loader.dataset)} items per epoch, device {opt.device}")
+    print(
+        f"training {opt.name}: epochs {opt.epoch_count}..{last_epoch}, "
+        f"{len(loader.dataset)} items per epoch, device {opt.device}"
+    )
 
-    epochs = tqdm(range(opt.epoch_count, last_epoch + 1), desc="epochs", unit="epoch",
-                  initial=opt.epoch_count - 1, total=last_epoch, dynamic_ncols=True)
+    epochs = tqdm(
+        range(opt.epoch_count, last_epoch + 1),
+        desc="epochs",
+        unit="epoch",
+        initial=opt.epoch_count - 1,
+        total=last_epoch,
+        dynamic_ncols=True,
+    )
     for epoch in epochs:
         model.train()
         epoch_start = time.time()
         iter_data_time = time.time()
         epoch_iter = 0
-        batches = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False,
-                       dynamic_ncols=True)
+        batches = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, dynamic_ncols=True)
         for i, batch in enumerate(batches):
             iter_start = time.time()
             t_data = iter_start - iter_data_time
@@ -79,7 +82,8 @@ def train(opt) -> int:
                 t_comp = (time.time() - iter_start) / max(1, n)
                 visualizer.print_current_losses(epoch, epoch_iter, losses, t_comp, t_data)
                 visualizer.plot_current_losses(
-                    epoch - 1 + epoch_iter / max(1, len(loader.dataset)), losses)
+                    epoch - 1 + epoch_iter / max(1, len(loader.dataset)), losses
+                )
             iter_data_time = time.time()
 
         model.epoch = epoch
@@ -101,9 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     opt = TrainOptions(argv).parse()
     try:
         return train(opt)
-    except TrainingDiverged as exc:
-        print(f"error: {exc}. Training stopped; the last good checkpoint in "
-              f"{opt.checkpoints_dir}/{opt.name} is kept.", file=sys.stderr)
+    except FloatingPointError as exc:  # a NaN/inf loss, caught before the optimiser step
+        print(
+            f"error: {exc}. Training stopped; the last good checkpoint in "
+            f"{opt.checkpoints_dir}/{opt.name} is kept.",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -9,8 +9,14 @@ from models.base_model import BaseModel
 from models.generator_base import find_generator, generator_types
 from util.registry import available, find_class
 
-__all__ = ["BaseModel", "create_model", "find_generator", "find_model", "generator_types",
-           "model_names"]
+__all__ = [
+    "BaseModel",
+    "create_model",
+    "find_generator",
+    "find_model",
+    "generator_types",
+    "model_names",
+]
 
 
 def model_names() -> list[str]:

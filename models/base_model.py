@@ -111,7 +111,9 @@ class BaseModel(abc.ABC):
         return self.optimizers[0].param_groups[0]["lr"] if self.optimizers else 0.0
 
     def get_current_losses(self) -> OrderedDict[str, float]:
-        return OrderedDict((name, float(getattr(self, "loss_" + name))) for name in self.loss_names)
+        return OrderedDict(
+            (name, float(getattr(self, "loss_" + name).detach())) for name in self.loss_names
+        )
 
     def get_current_visuals(self) -> OrderedDict[str, torch.Tensor]:
         return OrderedDict((name, getattr(self, name)) for name in self.visual_names)
@@ -160,8 +162,10 @@ class BaseModel(abc.ABC):
         self.total_iters = int(ckpt["total_iters"])
         if resume:
             if len(ckpt["optimizers"]) != len(self.optimizers):
-                raise ValueError(f"checkpoint {path} holds {len(ckpt['optimizers'])} optimisers,"
-                                 f" the model has {len(self.optimizers)}")
+                raise ValueError(
+                    f"checkpoint {path} holds {len(ckpt['optimizers'])} optimisers,"
+                    f" the model has {len(self.optimizers)}"
+                )
             for opt_, state in zip(self.optimizers, ckpt["optimizers"], strict=True):
                 opt_.load_state_dict(state)
             for sched, state in zip(self.schedulers, ckpt["schedulers"], strict=False):
@@ -179,17 +183,18 @@ def make_scheduler(optimizer: torch.optim.Optimizer, opt: argparse.Namespace):
     so a resumed run continues the same curve.
     """
     if opt.lr_policy == "linear":
+
         def rule(completed_epochs: int) -> float:
             # The lr used in epoch e (1-based) is rule(e - 1).
-            return 1.0 - max(0, completed_epochs + 1 - opt.n_epochs) / float(
-                opt.n_epochs_decay + 1)
+            return 1.0 - max(0, completed_epochs + 1 - opt.n_epochs) / float(opt.n_epochs_decay + 1)
 
         return lr_scheduler.LambdaLR(optimizer, lr_lambda=rule)
     if opt.lr_policy == "step":
         return lr_scheduler.StepLR(optimizer, step_size=opt.lr_decay_iters, gamma=0.1)
     if opt.lr_policy == "cosine":
         return lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=max(1, opt.n_epochs + opt.n_epochs_decay), eta_min=0)
+            optimizer, T_max=max(1, opt.n_epochs + opt.n_epochs_decay), eta_min=0
+        )
     raise ValueError(f"unknown --lr_policy {opt.lr_policy!r}; choose linear, step or cosine")
 
 

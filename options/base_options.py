@@ -30,38 +30,78 @@ class BaseOptions:
 
     def initialize(self, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         g = parser.add_argument_group("basic")
-        g.add_argument("--dataroot", default="datasets/phantom",
-                       help="data root with CT/, label/, heatmap/ and vertebra_data.json")
-        g.add_argument("--name", default="experiment",
-                       help="experiment name: checkpoints and results go under this folder")
-        g.add_argument("--checkpoints_dir", default="./checkpoints",
-                       help="where models, opt.txt/opt.json, loss_log.txt and web/ are written")
-        g.add_argument("--gpu_ids", default="auto",
-                       help="comma-separated CUDA ids, -1 for CPU; auto = first CUDA device "
-                            "if present, else CPU")
+        g.add_argument(
+            "--dataroot",
+            default="datasets/phantom",
+            help="data root with CT/, label/, heatmap/ and vertebra_data.json",
+        )
+        g.add_argument(
+            "--name",
+            default="experiment",
+            help="experiment name: checkpoints and results go under this folder",
+        )
+        g.add_argument(
+            "--checkpoints_dir",
+            default="./checkpoints",
+            help="where models, opt.txt/opt.json, loss_log.txt and web/ are written",
+        )
+        g.add_argument(
+            "--gpu_ids",
+            default="auto",
+            help="comma-separated CUDA ids, -1 for CPU; auto = first CUDA device "
+            "if present, else CPU",
+        )
         g.add_argument("--seed", type=int, default=0, help="seed of python, numpy and torch")
 
         g = parser.add_argument_group("model")
-        g.add_argument("--model", default="pix2pix", choices=models.model_names(),
-                       help="model to run (models/<name>_model.py)")
-        g.add_argument("--netG_type", default="gan", choices=models.generator_types(),
-                       help="generator: the two-stage GAN or the conditional diffusion U-Net")
-        g.add_argument("--epoch", default="latest",
-                       help="checkpoint to load: latest, best or an epoch number")
+        g.add_argument(
+            "--model",
+            default="pix2pix",
+            choices=models.model_names(),
+            help="model to run (models/<name>_model.py)",
+        )
+        g.add_argument(
+            "--netG_type",
+            default="gan",
+            choices=models.generator_types(),
+            help="generator: the two-stage GAN or the conditional diffusion U-Net",
+        )
+        g.add_argument(
+            "--epoch", default="latest", help="checkpoint to load: latest, best or an epoch number"
+        )
 
         g = parser.add_argument_group("data")
-        g.add_argument("--dataset_mode", default="vertebra", choices=data.dataset_modes(),
-                       help="dataset to use (data/<mode>_dataset.py)")
-        g.add_argument("--img_size", type=_multiple_of(16), default=256,
-                       help="slice size in pixels; every pixel constant (the 40-row band, "
-                            "the 70-row D_3 band) scales with it")
+        g.add_argument(
+            "--dataset_mode",
+            default="vertebra",
+            choices=data.dataset_modes(),
+            help="dataset to use (data/<mode>_dataset.py)",
+        )
+        g.add_argument(
+            "--img_size",
+            type=_multiple_of(16),
+            default=256,
+            help="slice size in pixels; every pixel constant (the 40-row band, "
+            "the 70-row D_3 band) scales with it",
+        )
         g.add_argument("--batch_size", type=_positive_int, default=4, help="input batch size")
-        g.add_argument("--num_threads", type=_non_negative_int, default=2,
-                       help="data loading worker processes (0 = load in the main process)")
-        g.add_argument("--max_dataset_size", type=_positive_int, default=None,
-                       help="use at most this many items of the dataset")
-        g.add_argument("--serial_batches", action="store_true",
-                       help="take batches in order instead of shuffling")
+        g.add_argument(
+            "--num_threads",
+            type=_non_negative_int,
+            default=2,
+            help="data loading worker processes (0 = load in the main process)",
+        )
+        g.add_argument(
+            "--max_dataset_size",
+            type=_positive_int,
+            default=None,
+            help="use at most this many items of the dataset",
+        )
+        g.add_argument(
+            "--serial_batches",
+            action="store_true",
+            help="take batches in order instead of shuffling",
+        )
         g.add_argument("--verbose", action="store_true", help="print more while setting up")
         return parser
 
@@ -82,7 +122,8 @@ class BaseOptions:
 
         opt, _ = parser.parse_known_args(self.argv)
         parser = data.find_dataset(opt.dataset_mode).modify_commandline_options(
-            parser, self.is_train)
+            parser, self.is_train
+        )
 
         self.parser = parser
         return parser.parse_args(self.argv)
@@ -155,7 +196,8 @@ def _multiple_of(k: int):
         value = int(text)
         if value < 2 * k or value % k:
             raise argparse.ArgumentTypeError(
-                f"must be a multiple of {k} and at least {2 * k}, got {text}")
+                f"must be a multiple of {k} and at least {2 * k}, got {text}"
+            )
         return value
 
     parse.__name__ = f"multiple_of_{k}"

@@ -8,16 +8,37 @@ from options.base_options import BaseOptions, _positive_int
 
 
 class TestOptions(BaseOptions):
+    __test__ = False  # not a pytest test class
     is_train = False
 
     def initialize(self, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         parser = super().initialize(parser)
-        parser.add_argument("--phase", default="test", choices=["train", "val", "test"],
-                            help="split of vertebra_data.json to evaluate")
-        parser.add_argument("--results_dir", default="./results",
-                            help="outputs go to <results_dir>/<name>/<phase>_<epoch>/")
-        parser.add_argument("--num_test", type=_positive_int, default=None,
-                            help="evaluate at most this many batches")
-        parser.add_argument("--no_ema", action="store_true",
-                            help="use the raw generator weights instead of their EMA")
+        parser.add_argument(
+            "--phase",
+            default="test",
+            choices=["train", "val", "test"],
+            help="split of vertebra_data.json to evaluate",
+        )
+        parser.add_argument(
+            "--results_dir",
+            default="./results",
+            help="outputs go to <results_dir>/<name>/<phase>_<epoch>/",
+        )
+        parser.add_argument(
+            "--num_test",
+            type=_positive_int,
+            default=None,
+            help="evaluate at most this many batches",
+        )
+        parser.add_argument(
+            "--save_volumes",
+            action="store_true",
+            help="also write the synthesised CT and label volumes (NIfTI, with "
+            "the input's affine and header) to volumes/",
+        )
+        parser.add_argument(
+            "--no_ema",
+            action="store_true",
+            help="use the raw generator weights instead of their EMA",
+        )
         return parser

@@ -35,7 +35,9 @@ class Visualizer:
         self.log_path = self.root / "loss_log.txt"
         self.history_path = self.web_dir / "loss_history.json"
         self.root.mkdir(parents=True, exist_ok=True)
-        self.history: dict[str, list] = self._load_history()
+        # A resumed run continues its curves; a new run with the same name starts afresh.
+        resume = getattr(opt, "continue_train", False)
+        self.history: dict[str, list] = self._load_history() if resume else {}
         self.vis = None
         if getattr(opt, "display_id", 0) > 0:
             self.vis = _connect_visdom(opt)
@@ -44,8 +46,9 @@ class Visualizer:
             log.write(f"================ Training Loss ({time.strftime('%c')}) ================\n")
 
     # ------------------------------------------------------------------ losses
-    def print_current_losses(self, epoch: int, iters: int, losses: Mapping[str, float],
-                             t_comp: float, t_data: float) -> str:
+    def print_current_losses(
+        self, epoch: int, iters: int, losses: Mapping[str, float], t_comp: float, t_data: float
+    ) -> str:
         """Format the losses of one iteration, print them and append them to loss_log.txt."""
         message = f"(epoch: {epoch}, iters: {iters}, time: {t_comp:.3f}, data: {t_data:.3f}) "
         message += " ".join(f"{k}: {v:.4f}" for k, v in losses.items())
@@ -67,8 +70,12 @@ class Visualizer:
                 self.vis.line,
                 X=np.array(self.history["x"]),
                 Y=np.array([[row.get(k, np.nan) for k in keys] for row in self.history["values"]]),
-                opts={"title": f"{self.name} loss over time", "legend": keys,
-                      "xlabel": "epoch", "ylabel": "loss"},
+                opts={
+                    "title": f"{self.name} loss over time",
+                    "legend": keys,
+                    "xlabel": "epoch",
+                    "ylabel": "loss",
+                },
                 win=str(self.display_id),
             )
 
@@ -78,8 +85,13 @@ class Visualizer:
         rewrite ``web/index.html``. Returns the HTML path (None when HTML is off)."""
         if self.vis is not None:
             images = [tensor2im(v).transpose(2, 0, 1) for v in visuals.values()]
-            self._visdom_call(self.vis.images, images, nrow=len(images),
-                              win=str(self.display_id + 1), opts={"title": "images"})
+            self._visdom_call(
+                self.vis.images,
+                images,
+                nrow=len(images),
+                win=str(self.display_id + 1),
+                opts={"title": "images"},
+            )
         if not self.use_html:
             return None
         self.img_dir.mkdir(parents=True, exist_ok=True)
@@ -94,8 +106,7 @@ class Visualizer:
         if curve is not None:
             page.add_header("losses")
             page.add_images([f"images/{curve.name}"], ["loss curves"], width=640)
-        epochs = sorted({int(p.name[5:8]) for p in self.img_dir.glob("epoch*_*.png")},
-                        reverse=True)
+        epochs = sorted({int(p.name[5:8]) for p in self.img_dir.glob("epoch*_*.png")}, reverse=True)
         for n in epochs:
             page.add_header(f"epoch [{n}]")
             present = [lab for lab in labels if (self.img_dir / f"epoch{n:03d}_{lab}.png").exists()]
@@ -150,18 +161,26 @@ def _connect_visdom(opt: argparse.Namespace):
     try:
         import visdom
     except ImportError:
-        print("warning: --display_id > 0 but visdom is not installed "
-              "(pip install --no-build-isolation visdom); live display is off")
+        print(
+            "warning: --display_id > 0 but visdom is not installed "
+            "(pip install --no-build-isolation visdom); live display is off"
+        )
         return None
     try:
-        vis = visdom.Visdom(server=opt.display_server, port=opt.display_port,
-                            env=opt.display_env, raise_exceptions=True)
+        vis = visdom.Visdom(
+            server=opt.display_server,
+            port=opt.display_port,
+            env=opt.display_env,
+            raise_exceptions=True,
+        )
         if not vis.check_connection(timeout_seconds=2):
             raise ConnectionError("no answer")
         return vis
     except Exception as exc:  # noqa: BLE001
-        print(f"warning: no visdom server at {opt.display_server}:{opt.display_port} ({exc}); "
-              "live display is off, the HTML report is still written")
+        print(
+            f"warning: no visdom server at {opt.display_server}:{opt.display_port} ({exc}); "
+            "live display is off, the HTML report is still written"
+        )
         return None
 
 

@@ -1,0 +1,294 @@
+"""The HealthiVert pix2pix model: one generator (``--netG_type gan|diffusion``), SHRM, three
+PatchGAN discriminators, the shared losses and an optional EMA of the generator weights.
+
+Nothing here branches on the generator type: the generator object returns the seven outputs
+(``models/generator_base.py``) plus its own auxiliary losses and per-sample weights, and the
+model composes, scores and optimises them the same way for both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from data.base_dataset import band_px
+from models.base_model import BaseModel, OptionSetter
+from models.discriminators import (
+    GANLoss,
+    HealthiVertDiscriminators,
+    discriminator_losses,
+    generator_gan_loss,
+)
+from models.generator_base import (
+    Generator,
+    GeneratorInput,
+    GeneratorOutput,
+    SampleOutput,
+    find_generator,
+)
+from models.losses import (
+    LossWeights,
+    add_loss_options,
+    dice_loss,
+    relative_height_loss,
+    sobel_edge_loss,
+    two_stage_l1_loss,
+)
+from models.shrm import restored_height_rows, shrm_compose
+
+
+class Pix2PixModel(BaseModel):
+    """HealthiVert pseudo-healthy vertebra synthesis."""
+
+    @staticmethod
+    def modify_commandline_options(
+        parser: argparse.ArgumentParser, is_train: bool
+    ) -> argparse.ArgumentParser:
+        g = parser.add_argument_group("pix2pix model")
+        g.add_argument(
+            "--precision",
+            default="fp32",
+            choices=["fp32", "bf16"],
+            help="bf16 runs the networks under autocast (fast on CPUs with AMX/"
+            "AVX512-BF16 and recent GPUs); losses stay in fp32",
+        )
+        g.add_argument(
+            "--ema_decay",
+            type=float,
+            default=None,
+            help="EMA decay of the generator weights (0 = off); default depends "
+            "on --netG_type (diffusion 0.999, gan 0)",
+        )
+        if is_train:
+            g.add_argument(
+                "--gan_mode",
+                default="lsgan",
+                choices=["lsgan", "vanilla", "hinge"],
+                help="adversarial objective of the three discriminators",
+            )
+            g.add_argument("--ndf", type=int, default=64, help="discriminator base width")
+            g.add_argument("--n_layers_D", type=int, default=3, help="PatchGAN depth")
+            g.add_argument(
+                "--lr_D",
+                type=float,
+                default=None,
+                help="discriminator learning rate (default: --lr)",
+            )
+            add_loss_options(parser)
+        return parser
+
+    @classmethod
+    def extra_option_setters(cls, opt: argparse.Namespace) -> list[OptionSetter]:
+        return [find_generator(opt.netG_type).modify_commandline_options]
+
+    def __init__(self, opt: argparse.Namespace) -> None:
+        super().__init__(opt)
+        gen_cls = find_generator(opt.netG_type)
+        self.netG: Generator = gen_cls.from_opt(opt).to(self.device)
+        self.model_names = ["G"]
+        self.h2 = band_px(opt.img_size)
+        self.autocast_dtype = torch.bfloat16 if opt.precision == "bf16" else None
+        decay = gen_cls.default_ema_decay if opt.ema_decay is None else opt.ema_decay
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"--ema_decay must be in [0, 1), got {decay}")
+        self.ema_decay = decay
+        self.ema: AveragedModel | None = None
+        if decay > 0:
+            self.ema = AveragedModel(
+                self.netG, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True
+            )
+        self.use_ema = self.ema is not None and not getattr(opt, "no_ema", False)
+
+        self.visual_names = ["real_A", "fake_B", "real_B", "mask", "fine_seg", "vert_mask", "cam"]
+        if self.isTrain:
+            self.weights = LossWeights.from_opt(opt)
+            self.aux_weights = {
+                k: float(getattr(opt, f"lambda_{k}", 1.0)) for k in gen_cls.aux_loss_names
+            }
+            self.loss_names = (
+                ["G_GAN", "G_L1", "G_dice_coarse", "G_dice_fine", "G_edge", "G_height"]
+                + [f"G_{k}" for k in gen_cls.aux_loss_names]
+                + ["D_1", "D_2", "D_3"]
+            )
+            self.netD = HealthiVertDiscriminators(
+                img_size=opt.img_size, ndf=opt.ndf, n_layers=opt.n_layers_D
+            ).to(self.device)
+            self.model_names.append("D")
+            self.criterionGAN = GANLoss(opt.gan_mode).to(self.device)
+            self.optimizer_G = torch.optim.Adam(
+                self.netG.parameters(), lr=opt.lr, betas=(opt.beta1, 0.999)
+            )
+            self.optimizer_D = torch.optim.Adam(
+                self.netD.parameters(), lr=opt.lr_D or opt.lr, betas=(opt.beta1, 0.999)
+            )
+            self.optimizers = [self.optimizer_G, self.optimizer_D]
+
+    # ------------------------------------------------------------------ data
+    def set_input(self, batch: dict[str, Any]) -> None:
+        """Move a batch of ``VertebraDataset`` samples to the device (keys: see
+        docs/ARCHITECTURE.md)."""
+        dev = self.device
+        self.real_A = batch["A"].to(dev)
+        self.real_B = batch["B"].to(dev)
+        self.mask = batch["mask"].to(dev)
+        self.vert_mask = batch["vert_mask"].to(dev)
+        self.normal_vert = batch["normal_vert"].to(dev)
+        self.cam = batch["CAM"].to(dev)
+        self.height = batch["height"].to(dev).float().reshape(-1)
+        self.slice_ratio = batch["slice_ratio"].to(dev).float().reshape(-1)
+        self.ids = list(batch.get("id", []))
+
+    def generator_input(self) -> GeneratorInput:
+        # HGAM: the generator sees the inverted CAM, as the original.
+        return GeneratorInput(self.real_A, self.mask, 1.0 - self.cam, self.slice_ratio)
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self) -> None:
+        """Training: one generator pass. Evaluation: :meth:`sample`."""
+        if self.netG.training:
+            target = self.mask * self.real_B + (1 - self.mask) * self.real_A
+            with self._autocast():
+                result = self.netG.training_forward(self.generator_input(), target)
+            self.aux_losses = {k: v.float() for k, v in result.aux_losses.items()}
+            self.x0_weight = result.x0_weight.float().detach()
+            self.outputs = _as_float(result.outputs)
+            self.sample_std = None
+        else:
+            result = self.sample()
+            self.outputs = result.outputs
+            self.sample_std = result.std
+        self.compose()
+
+    @torch.no_grad()
+    def sample(self, generator: torch.Generator | None = None) -> SampleOutput:
+        """Inference with the EMA weights when present (unless ``--no_ema``)."""
+        net = self.ema.module if self.use_ema else self.netG
+        with self._autocast():
+            out = net.sample(self.generator_input(), generator=generator)
+        return SampleOutput(_as_float(out.outputs), out.std, out.height_std)
+
+    def compose(self) -> None:
+        """SHRM: restore each stage's predicted height around the input context (B geometry)."""
+        o = self.outputs
+        self.rows1 = restored_height_rows(o.pred1_h, self.height, self.h2)
+        self.rows2 = restored_height_rows(o.pred2_h, self.height, self.h2)
+        self.fake_B1 = shrm_compose(o.x_stage1, self.real_A, self.rows1, self.h2)
+        self.fake_B = shrm_compose(o.x_stage2, self.real_A, self.rows2, self.h2)
+        self.coarse_seg = shrm_compose(o.coarse_seg, o.coarse_seg, self.rows1, self.h2)
+        self.fine_seg = shrm_compose(o.fine_seg, o.fine_seg, self.rows2, self.h2)
+
+    # ------------------------------------------------------------------ losses
+    def backward_D(self) -> None:
+        with self._autocast():
+            losses = discriminator_losses(
+                self.netD,
+                self.criterionGAN,
+                real_ct=self.real_B,
+                real_seg=self.vert_mask,
+                fake_ct=self.fake_B,
+                fake_seg=self.fine_seg,
+            )
+        for name, value in losses.items():
+            setattr(self, f"loss_{name}", value.float())
+        _backward_if_finite(sum(v.float() for v in losses.values()), "discriminator")
+
+    def backward_G(self) -> None:
+        w, lw = self.x0_weight, self.weights
+        o = self.outputs
+
+        def weighted(per_sample: Tensor) -> Tensor:
+            # x0-space losses count each sample by its weight (SNR for diffusion, 1 for GAN).
+            return (per_sample.float() * w).sum() / w.sum().clamp_min(1e-8)
+
+        with self._autocast():
+            gan = generator_gan_loss(
+                self.netD, self.criterionGAN, self.fake_B, self.fine_seg, reduction="none"
+            )
+        h = self.height / self.h2  # heights as fractions of the band, like the heads
+        self.loss_G_GAN = weighted(gan.reshape(-1))
+        self.loss_G_L1 = weighted(
+            two_stage_l1_loss(self.fake_B1, self.fake_B, self.real_B, self.mask, reduction="none")
+        )
+        # Rows the generator does not predict (outside its crop) do not count against it.
+        r0, r1 = self.netG.crop_bounds(self.real_A.shape[-2])
+        normal_vert = torch.zeros_like(self.normal_vert)
+        normal_vert[..., r0:r1, :] = self.normal_vert[..., r0:r1, :]
+        self.loss_G_dice_coarse = weighted(
+            dice_loss(self.coarse_seg, normal_vert, reduction="none")
+        )
+        self.loss_G_dice_fine = weighted(dice_loss(self.fine_seg, self.vert_mask, reduction="none"))
+        self.loss_G_edge = weighted(
+            sobel_edge_loss(self.fine_seg, self.vert_mask, reduction="none")
+        )
+        self.loss_G_height = weighted(
+            relative_height_loss(o.pred1_h, h, reduction="none")
+            + relative_height_loss(o.pred2_h, h, reduction="none")
+        )
+        total = (
+            lw.lambda_GAN * self.loss_G_GAN
+            + lw.lambda_L1 * self.loss_G_L1
+            + lw.lambda_dice_coarse * self.loss_G_dice_coarse
+            + lw.lambda_dice_fine * self.loss_G_dice_fine
+            + lw.lambda_edge * self.loss_G_edge
+            + lw.lambda_height * self.loss_G_height
+        )
+        for name, value in self.aux_losses.items():
+            setattr(self, f"loss_G_{name}", value)
+            total = total + self.aux_weights[name] * value
+        self.loss_G = total
+        _backward_if_finite(total, "generator")
+
+    def optimize_parameters(self) -> None:
+        self.forward()
+        self.netD.requires_grad_(True)
+        self.optimizer_D.zero_grad(set_to_none=True)
+        self.backward_D()
+        self.optimizer_D.step()
+        self.netD.requires_grad_(False)
+        self.optimizer_G.zero_grad(set_to_none=True)
+        self.backward_G()
+        self.optimizer_G.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.netG)
+
+    # ------------------------------------------------------------------ state
+    def compute_visuals(self) -> None:
+        self.fake_B = self.fake_B.detach()
+
+    def eval(self) -> None:
+        super().eval()
+        if self.ema is not None:
+            self.ema.eval()
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"ema": self.ema.state_dict()} if self.ema is not None else {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if self.ema is None:
+            return
+        if "ema" not in state:
+            print("warning: checkpoint has no EMA weights; using the raw generator weights")
+            self.use_ema = False
+            return
+        self.ema.load_state_dict(state["ema"])
+
+
+def _as_float(o: GeneratorOutput) -> GeneratorOutput:
+    return GeneratorOutput(*(t.float() for t in o))
+
+
+def _backward_if_finite(loss: Tensor, what: str) -> None:
+    """Backpropagate, refusing a NaN/inf loss before it can corrupt the weights."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"the {what} loss is {loss.item()}")
+    loss.backward()

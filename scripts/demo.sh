@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The whole job on the embedded phantom data set, on the CPU, on a demo budget:
+# install (once), generate the phantom set, train the GAN and the diffusion generator briefly,
+# evaluate both on the test split and print one comparison table.
+# A demo budget is far from a converged model: see docs/BENCHMARKS.md for longer runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup_env.sh
+
+SIZE="${DEMO_IMG_SIZE:-64}"
+EPOCHS="${DEMO_EPOCHS:-12}"
+DECAY="${DEMO_EPOCHS_DECAY:-6}"
+STEPS="${DEMO_DDIM_STEPS:-10}"
+ROOT="datasets/phantom"
+COMMON=(--dataroot "$ROOT" --img_size "$SIZE" --gpu_ids -1 --seed 0 --batch_size 8 --num_threads 2)
+LOGS="results/demo_logs"
+mkdir -p "$LOGS"
+start=$(date +%s)
+
+run() {  # run LOGNAME CMD...: keep the console short, show the log's tail on failure
+    local log="$LOGS/$1.log"; shift
+    "$@" > "$log" 2>&1 || { tail -25 "$log"; echo "[demo] failed: see $log" >&2; exit 1; }
+}
+
+echo "[demo] 1/4 phantom data set: 20 patients at ${SIZE} px -> $ROOT"
+"$PY" scripts/make_phantom.py --out "$ROOT" --n_patients 20 --img_size "$SIZE" --seed 0 \
+    --overwrite --quiet
+
+echo "[demo] 2/4 training the GAN generator (${EPOCHS}+${DECAY} epochs, demo budget)"
+run train_gan "$PY" train.py "${COMMON[@]}" --name demo_gan --netG_type gan \
+    --n_epochs "$EPOCHS" --n_epochs_decay "$DECAY" --save_epoch_freq 100 --print_freq 200
+
+echo "[demo] 3/4 training the diffusion generator (${EPOCHS}+${DECAY} epochs, demo budget)"
+run train_diffusion "$PY" train.py "${COMMON[@]}" --name demo_diffusion --netG_type diffusion \
+    --n_epochs "$EPOCHS" --n_epochs_decay "$DECAY" --save_epoch_freq 100 --print_freq 200
+
+echo "[demo] 4/4 evaluating both on the test split"
+run test_gan "$PY" test.py "${COMMON[@]}" --name demo_gan --netG_type gan --results_dir results
+run test_diffusion "$PY" test.py "${COMMON[@]}" --name demo_diffusion --netG_type diffusion \
+    --results_dir results --num_inference_steps "$STEPS"
+
+echo
+echo "Phantom test split, ${SIZE} px, demo budget ($(( $(date +%s) - start )) s in all):"
+"$PY" scripts/compare_results.py results/demo_gan/test_latest results/demo_diffusion/test_latest
+echo
+echo "HTML reports:"
+echo "  training:   checkpoints/demo_gan/web/index.html  checkpoints/demo_diffusion/web/index.html"
+echo "  evaluation: results/demo_gan/test_latest/index.html  results/demo_diffusion/test_latest/index.html"

@@ -1,0 +1,76 @@
+"""Option parsing, the saved opt.json round trip, and parse-time errors."""
+
+import json
+
+import pytest
+
+from options.base_options import load_options
+from options.test_options import TestOptions
+from options.train_options import TrainOptions
+
+
+def _train_opt(tmp_path, *extra):
+    argv = [
+        "--checkpoints_dir",
+        str(tmp_path),
+        "--name",
+        "opts",
+        "--gpu_ids",
+        "-1",
+        "--img_size",
+        "64",
+        *extra,
+    ]
+    return TrainOptions(argv).parse()
+
+
+def test_opt_json_round_trip(tmp_path, capsys):
+    opt = _train_opt(tmp_path, "--netG_type", "diffusion", "--lr", "0.001", "--seed", "7")
+    saved = load_options(tmp_path / "opts" / "train_opt.json")
+    for key in ("netG_type", "lr", "seed", "img_size", "name", "lambda_L1", "gan_mode"):
+        assert saved[key] == getattr(opt, key), key
+    assert saved["netG_type"] == "diffusion" and saved["lr"] == 0.001
+    # generator- and dataset-specific flags were added by their hooks
+    assert "num_inference_steps" in saved and "vert_class" in saved
+    text = (tmp_path / "opts" / "train_opt.txt").read_text()
+    assert any("netG_type" in line and "diffusion" in line for line in text.splitlines())
+    assert opt.device == "cpu" and opt.gpu_ids == []
+
+
+def test_generator_flags_follow_the_generator_type(tmp_path):
+    gan = _train_opt(tmp_path, "--netG_type", "gan")
+    assert not hasattr(gan, "num_inference_steps")
+    with pytest.raises(SystemExit):
+        _train_opt(tmp_path, "--netG_type", "gan", "--num_inference_steps", "5")
+
+
+@pytest.mark.parametrize(
+    "flag,value,choice",
+    [
+        ("--netG_type", "foo", "diffusion"),
+        ("--gan_mode", "wgan", "hinge"),
+        ("--dataset_mode", "nope", "vertebra"),
+        ("--model", "cyclegan", "pix2pix"),
+    ],
+)
+def test_unknown_choice_fails_at_parse_time_listing_choices(tmp_path, capsys, flag, value, choice):
+    with pytest.raises(SystemExit) as exc:
+        _train_opt(tmp_path, flag, value)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert flag in err and value in err and choice in err
+
+
+@pytest.mark.parametrize("bad", [["--img_size", "100"], ["--batch_size", "0"], ["--gpu_ids", "x"]])
+def test_bad_values_are_rejected(tmp_path, bad):
+    with pytest.raises((SystemExit, ValueError)):
+        _train_opt(tmp_path, *bad)
+
+
+def test_test_options_defaults(tmp_path):
+    opt = TestOptions(
+        ["--checkpoints_dir", str(tmp_path), "--name", "t", "--gpu_ids", "-1"]
+    ).parse()
+    assert opt.isTrain is False and opt.phase == "test" and opt.epoch == "latest"
+    assert opt.vert_class == "all" and opt.slice_mode == "all"
+    assert json.loads((tmp_path / "t" / "test_opt.json").read_text())["phase"] == "test"

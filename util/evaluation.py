@@ -1,0 +1,191 @@
+"""Evaluation loop shared by test.py and ``train.py --eval_freq``.
+
+For every valid slice of every vertebra of a split: run the model, compose with SHRM, and
+score the result against the ground truth with ``util.metrics``. Where the data root holds
+the healthy volume of a fractured vertebra (phantom ``healthy_CT/``), the synthesis is scored
+against that healthy truth (pseudo-healthy synthesis); otherwise against the slice itself.
+A trivial baseline (the band filled with the mean of the rows just above and below it,
+composed at the measured height) is scored beside it on the same slices.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from data.base_dataset import REFERENCE_SIZE, band_rows
+from models.shrm import restored_height_rows, shrm_compose
+from util.metrics import slice_metrics
+
+#: The original's evaluation keeps slices with more than 400 label voxels at 256 px.
+MIN_VOXELS_AT_256 = 400
+#: Keys copied from the truth sample when a healthy truth replaces the slice itself.
+_TRUTH_KEYS = ("B", "vert_mask", "height", "x1", "x2")
+
+
+class EvalSlices(Dataset):
+    """Wrap a ``VertebraDataset`` in ``slice_mode='all'``: each item is the model input of
+    one slice plus its truth (``truth_*`` keys, from the healthy volume where there is one).
+    Slices with fewer truth voxels than the original's threshold are skipped."""
+
+    def __init__(self, dataset: Any, min_voxels_at_256: int = MIN_VOXELS_AT_256) -> None:
+        self.dataset = dataset
+        size = dataset.img_size
+        min_voxels = min_voxels_at_256 * (size / REFERENCE_SIZE) ** 2
+        self.items: list[tuple[str, int, bool]] = []
+        for key in dataset.keys():
+            healthy = dataset.has_healthy(key)
+            healthy_ok = set(dataset.valid_slices(key, healthy=True)) if healthy else set()
+            for k in dataset.valid_slices(key):
+                use_healthy = healthy and k in healthy_ok
+                self.items.append((key, k, use_healthy))
+        self.min_voxels = min_voxels
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        key, k, healthy = self.items[index]
+        sample = self.dataset.get_sample(key, k)
+        truth = self.dataset.get_sample(key, k, healthy=True) if healthy else sample
+        for name in _TRUTH_KEYS:
+            sample[f"truth_{name}"] = truth[name]
+        sample["truth_kind"] = "healthy" if healthy else "self"
+        sample["keep"] = torch.tensor(bool(truth["vert_mask"].sum() > self.min_voxels))
+        return sample
+
+
+def fill_baseline(masked_ct: Tensor, band_mask: Tensor, height: Tensor, h2: int) -> Tensor:
+    """Trivial baseline, SHRM-composed at the measured height.
+
+    Args:
+        masked_ct: (B, 1, S, S) input in A geometry, band = 0.
+        band_mask: (B, 1, S, S), 1 = band.
+        height: (B,) measured vertebra height in rows.
+    Returns:
+        (B, 1, S, S): each band column filled with the mean of the rows just above and just
+        below the band, then composed like the model's output.
+    """
+    b0, b1 = band_rows(masked_ct.shape[-2])
+    fill = 0.5 * (masked_ct[..., b0 - 1 : b0, :] + masked_ct[..., b1 : b1 + 1, :])
+    filled = band_mask * fill + (1 - band_mask) * masked_ct
+    rows = restored_height_rows(torch.zeros_like(height), height, h2)
+    return shrm_compose(filled, masked_ct, rows, h2)
+
+
+@dataclass
+class EvalResult:
+    rows: list[dict[str, Any]]
+    #: per vertebra id, the images of its most central evaluated slice (H, W) float arrays
+    images: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    #: per vertebra id, {slice index: (composed CT (S, S) in [-1, 1], mask (S, S) bool)}
+    slices: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def evaluate(
+    model: Any,
+    dataset: Any,
+    *,
+    batch_size: int = 8,
+    num_workers: int = 0,
+    max_batches: int | None = None,
+    keep_slices: bool = False,
+    seed: int = 0,
+    desc: str = "evaluating",
+    extra_columns: Callable[[], dict[str, Any]] | None = None,
+) -> EvalResult:
+    """Run ``model`` (a ``Pix2PixModel`` in eval mode) over every valid slice of ``dataset``.
+
+    Returns one metrics row per kept slice (see ``util.metrics.slice_metrics`` for the metric
+    keys; ``fill_*`` columns hold the trivial baseline), images of the central slice of each
+    vertebra for the report, and with ``keep_slices`` the composed slices for volumes.
+    """
+    loader = DataLoader(
+        EvalSlices(dataset), batch_size=batch_size, shuffle=False, num_workers=num_workers
+    )
+    model.eval()
+    torch.manual_seed(seed)
+    result = EvalResult(rows=[])
+    best_ratio: dict[str, float] = {}
+    extra = extra_columns() if extra_columns else {}
+    start = time.perf_counter()
+    for i, batch in enumerate(tqdm(loader, desc=desc, unit="batch", leave=False)):
+        if max_batches is not None and i >= max_batches:
+            break
+        model.set_input(batch)
+        with torch.no_grad():
+            out = model.sample()
+            model.outputs = out.outputs
+            model.compose()
+            baseline = fill_baseline(model.real_A, model.mask, model.height, model.h2)
+        fake = model.fake_B[:, 0].cpu().numpy()
+        seg = (model.fine_seg[:, 0] > 0.5).cpu().numpy()
+        base = baseline[:, 0].cpu().numpy()
+        std = None if out.std is None else out.std[:, 0].cpu().numpy()
+        h_std = None if out.height_std is None else out.height_std.reshape(-1).cpu().numpy()
+        rows_pred = model.rows2.cpu().numpy()
+        truth_b = batch["truth_B"][:, 0].numpy()
+        truth_m = batch["truth_vert_mask"][:, 0].numpy() > 0.5
+        for j, key in enumerate(batch["id"]):
+            if not bool(batch["keep"][j]):
+                continue
+            x1, x2 = int(batch["truth_x1"][j]), int(batch["truth_x2"][j])
+            h_gt = float(batch["truth_height"][j])
+            band = (x1, x2 + 1)
+            pid, _, vid = key.rpartition("_")
+            row: dict[str, Any] = {
+                "id": key,
+                "patient": pid,
+                "vertebra": int(vid),
+                "slice_index": int(batch["slice_index"][j]),
+                "slice_ratio": float(batch["slice_ratio"][j]),
+                "grade": int(batch["grade"][j]),
+                "truth": batch["truth_kind"][j],
+                **extra,
+            }
+            row.update(
+                slice_metrics(
+                    fake[j], truth_b[j], seg[j], truth_m[j], band, float(rows_pred[j]), h_gt
+                )
+            )
+            row["height_pred_px"] = float(rows_pred[j])
+            row["height_gt_px"] = h_gt
+            if h_std is not None:
+                row["height_std_px"] = float(h_std[j] * model.h2)
+            fill = slice_metrics(
+                base[j], truth_b[j], truth_m[j], truth_m[j], band, float(batch["height"][j]), h_gt
+            )
+            row.update(
+                {
+                    f"fill_{k}": v
+                    for k, v in fill.items()
+                    if k in ("ssim_patch", "psnr_patch", "ssim_global", "psnr_global", "rhdr")
+                }
+            )
+            result.rows.append(row)
+            ratio = row["slice_ratio"]
+            if ratio < best_ratio.get(key, math.inf):
+                best_ratio[key] = ratio
+                result.images[key] = {
+                    "input": batch["A"][j, 0].numpy(),
+                    "output": fake[j],
+                    "truth": truth_b[j],
+                    "difference": np.abs(fake[j] - truth_b[j]),
+                    "baseline": base[j],
+                    "uncertainty": None if std is None else std[j],
+                    "ssim_patch": row["ssim_patch"],
+                }
+            if keep_slices:
+                result.slices.setdefault(key, {})[row["slice_index"]] = (fake[j], seg[j])
+    result.seconds = time.perf_counter() - start
+    return result
