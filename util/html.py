@@ -14,8 +14,9 @@ from util.io import write_text_atomic
 class HTML:
     """Build ``<web_dir>/<filename>``; images are referenced relative to ``web_dir``."""
 
-    def __init__(self, web_dir: str | Path, title: str, refresh: int = 0,
-                 filename: str = "index.html") -> None:
+    def __init__(
+        self, web_dir: str | Path, title: str, refresh: int = 0, filename: str = "index.html"
+    ) -> None:
         self.web_dir = Path(web_dir)
         self.img_dir = self.web_dir / "images"
         self.img_dir.mkdir(parents=True, exist_ok=True)

@@ -28,11 +28,14 @@ def resolve_device(gpu_ids: str | list[int]) -> tuple[str, list[int]]:
             ) from None
         ids = [i for i in ids if i >= 0]
     if ids and not torch.cuda.is_available():
-        raise ValueError(f"--gpu_ids {gpu_ids} asks for CUDA but no CUDA device is available; "
-                         "use --gpu_ids -1 for the CPU")
+        raise ValueError(
+            f"--gpu_ids {gpu_ids} asks for CUDA but no CUDA device is available; "
+            "use --gpu_ids -1 for the CPU"
+        )
     if ids and max(ids) >= torch.cuda.device_count():
-        raise ValueError(f"--gpu_ids {gpu_ids}: only {torch.cuda.device_count()} CUDA "
-                         "device(s) present")
+        raise ValueError(
+            f"--gpu_ids {gpu_ids}: only {torch.cuda.device_count()} CUDA device(s) present"
+        )
     return (f"cuda:{ids[0]}" if ids else "cpu"), ids
 
 

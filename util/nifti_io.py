@@ -47,13 +47,17 @@ def load_nifti(
     try:
         img = nib.load(str(path))
         data = np.asanyarray(img.dataobj)
-    except (OSError, EOFError, zlib.error, gzip.BadGzipFile, nib.filebasedimages.ImageFileError,
-            ValueError) as exc:
+    except (
+        OSError,
+        EOFError,
+        zlib.error,
+        gzip.BadGzipFile,
+        nib.filebasedimages.ImageFileError,
+        ValueError,
+    ) as exc:
         raise NiftiError(f"cannot read NIfTI file {path}: {exc}") from exc
     if expected_shape is not None and tuple(data.shape) != tuple(expected_shape):
-        raise NiftiError(
-            f"{path} has shape {tuple(data.shape)}, expected {tuple(expected_shape)}"
-        )
+        raise NiftiError(f"{path} has shape {tuple(data.shape)}, expected {tuple(expected_shape)}")
     if dtype is not None:
         data = data.astype(dtype, copy=False)
     if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():

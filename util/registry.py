@@ -26,7 +26,7 @@ def find_class(package: ModuleType, kind: str, name: str, base: type, flag: str)
     module = importlib.import_module(f"{package.__name__}.{name}_{kind}")
     wanted = (name + kind).replace("_", "").lower()
     for obj_name, obj in vars(module).items():
-        if (obj_name.lower() == wanted and isinstance(obj, type) and issubclass(obj, base)):
+        if obj_name.lower() == wanted and isinstance(obj, type) and issubclass(obj, base):
             return obj
     raise ValueError(
         f"{module.__file__} must define a subclass of {base.__name__} named like "
