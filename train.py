@@ -12,6 +12,8 @@ counters and RNG states from ``--epoch`` (default latest).
 
 from __future__ import annotations
 
+import copy
+import json
 import math
 import sys
 import time
@@ -19,9 +21,12 @@ import time
 import torch
 from tqdm import tqdm
 
-from data import create_dataset
+from data import create_dataset, find_dataset
 from models import create_model
 from options.train_options import TrainOptions
+from util.evaluation import evaluate
+from util.io import write_json_atomic
+from util.metrics import summarise
 from util.misc import seed_everything
 from util.visualizer import Visualizer
 
@@ -35,6 +40,48 @@ def check_finite(losses: dict[str, float], epoch: int, iters: int) -> None:
         )
 
 
+class Validator:
+    """``--eval_freq``: evaluate the normal vertebrae of the val split, log the metrics and
+    keep ``best_checkpoint.pth`` by band SSIM."""
+
+    def __init__(self, opt, model) -> None:
+        val_opt = copy.copy(opt)
+        val_opt.phase, val_opt.isTrain = "val", False
+        val_opt.slice_mode, val_opt.vert_class = "all", "normal"
+        self.dataset = find_dataset(opt.dataset_mode)(val_opt)
+        self.model, self.opt = model, opt
+        self.best_path = model.save_dir / "best_metrics.json"
+        self.best = -math.inf
+        if opt.continue_train and self.best_path.is_file():
+            self.best = json.loads(self.best_path.read_text())["ssim_patch"]
+
+    def __call__(self, epoch: int) -> dict[str, float]:
+        with self.model.sampling_steps(self.opt.eval_steps):
+            result = evaluate(
+                self.model,
+                self.dataset,
+                batch_size=self.opt.batch_size,
+                num_workers=0,
+                max_batches=self.opt.eval_max_batches,
+                seed=self.opt.seed,
+                desc=f"val epoch {epoch}",
+            )
+        self.model.train()
+        means = {
+            k: v["mean"]
+            for k, v in summarise(result.rows).items()
+            if k in ("ssim_patch", "psnr_patch", "dice", "rhdr", "fill_ssim_patch")
+        }
+        tqdm.write(
+            f"validation epoch {epoch}: " + "  ".join(f"{k} {v:.4g}" for k, v in means.items())
+        )
+        if means.get("ssim_patch", -math.inf) > self.best:
+            self.best = means["ssim_patch"]
+            self.model.save_networks("best", also_latest=False)
+            write_json_atomic(self.best_path, {"epoch": epoch, **means})
+        return means
+
+
 def train(opt) -> int:
     seed_everything(opt.seed)
     if opt.device == "cpu":
@@ -43,7 +90,7 @@ def train(opt) -> int:
     model = create_model(opt)
     model.setup(opt)  # sets opt.epoch_count when resuming
     visualizer = Visualizer(opt)
-    evaluator = model.make_evaluator(opt) if hasattr(model, "make_evaluator") else None
+    validator = Validator(opt, model) if opt.eval_freq > 0 else None
     last_epoch = opt.n_epochs + opt.n_epochs_decay
     if opt.epoch_count > last_epoch:
         print(f"nothing to do: checkpoint is at epoch {opt.epoch_count - 1} of {last_epoch}")
@@ -89,10 +136,9 @@ def train(opt) -> int:
         model.epoch = epoch
         model.compute_visuals()
         visualizer.display_current_results(model.get_current_visuals(), epoch)
-        if evaluator is not None:
-            metrics = evaluator(epoch)
-            if metrics:
-                visualizer.plot_current_losses(epoch, {f"val_{k}": v for k, v in metrics.items()})
+        if validator is not None and (epoch % opt.eval_freq == 0 or epoch == last_epoch):
+            metrics = validator(epoch)
+            visualizer.log_metrics(epoch, {f"val_{k}": v for k, v in metrics.items()})
         label = epoch if epoch % opt.save_epoch_freq == 0 or epoch == last_epoch else "latest"
         model.save_networks(label)
         lr = model.update_learning_rate()

@@ -177,6 +177,24 @@ class Pix2PixModel(BaseModel):
             out = net.sample(self.generator_input(), generator=generator)
         return SampleOutput(_as_float(out.outputs), out.std, out.height_std)
 
+    @contextlib.contextmanager
+    def sampling_steps(self, steps: int | None):
+        """Temporarily sample with ``steps`` inference steps (for generators that have a
+        ``num_inference_steps``; others ignore it), e.g. a quick validation during training."""
+        nets = [
+            n
+            for n in (self.netG, self.ema.module if self.ema else None)
+            if n is not None and hasattr(n, "num_inference_steps")
+        ]
+        saved = [n.num_inference_steps for n in nets]
+        try:
+            for n in nets:
+                n.num_inference_steps = steps or n.num_inference_steps
+            yield
+        finally:
+            for n, old in zip(nets, saved, strict=True):
+                n.num_inference_steps = old
+
     def compose(self) -> None:
         """SHRM: restore each stage's predicted height around the input context (B geometry)."""
         o = self.outputs

@@ -59,6 +59,27 @@ class TrainOptions(BaseOptions):
             help="step policy: multiply by 0.1 every this many epochs",
         )
 
+        g = parser.add_argument_group("validation")
+        g.add_argument(
+            "--eval_freq",
+            type=_non_negative_int,
+            default=0,
+            help="evaluate the val split every this many epochs (0 = never); keeps "
+            "best_checkpoint.pth by band SSIM",
+        )
+        g.add_argument(
+            "--eval_steps",
+            type=_positive_int,
+            default=10,
+            help="sampling steps during validation (generators that have steps)",
+        )
+        g.add_argument(
+            "--eval_max_batches",
+            type=_positive_int,
+            default=None,
+            help="validate on at most this many batches",
+        )
+
         g = parser.add_argument_group("logging")
         g.add_argument(
             "--print_freq",

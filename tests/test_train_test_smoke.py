@@ -59,8 +59,13 @@ def _train(root, ckpt, netg, name, *extra):
 @pytest.mark.parametrize("netg", ["gan", "diffusion"])
 def test_train_resume_and_test(root, tmp_path, netg):
     ckpt = tmp_path / "ckpt"
-    assert _train(root, ckpt, netg, "smoke") == 0
+    assert _train(root, ckpt, netg, "smoke", "--eval_freq", "1", "--eval_steps", "2") == 0
     run = ckpt / "smoke"
+    # validation: metrics in the log and the curves, and a best checkpoint by band SSIM
+    assert "validation" in (run / "loss_log.txt").read_text()
+    best = json.loads((run / "best_metrics.json").read_text())
+    assert best["epoch"] == 1 and -1 <= best["ssim_patch"] <= 1
+    assert load_checkpoint(run / "best_checkpoint.pth")["epoch"] == 1
     for name in (
         "1_checkpoint.pth",
         "latest_checkpoint.pth",
@@ -109,6 +114,11 @@ def test_train_resume_and_test(root, tmp_path, netg):
     assert summary["metrics"]["ssim_patch"]["count"] == len(rows)
     html = (out / "index.html").read_text()
     assert "p5_20_output.png" in html and (out / "images" / "p5_20_output.png").is_file()
+
+    # the best checkpoint by validation loads in test.py
+    assert test_script.main(argv + ["--epoch", "best"]) == 0
+    best_summary = json.loads((results / "smoke" / "test_best" / "summary.json").read_text())
+    assert best_summary["checkpoint_epoch"] == 1
 
 
 def test_nan_loss_stops_training_and_keeps_last_checkpoint(root, tmp_path, capsys):

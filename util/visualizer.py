@@ -79,6 +79,19 @@ class Visualizer:
                 win=str(self.display_id),
             )
 
+    def log_metrics(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        """Append validation metrics to loss_log.txt and to the curves of the HTML report."""
+        message = f"(epoch: {epoch}, validation) " + " ".join(
+            f"{k}: {v:.4f}" for k, v in metrics.items()
+        )
+        tqdm.write(message)
+        with open(self.log_path, "a", encoding="utf-8") as log:
+            log.write(message + "\n")
+        self.history.setdefault("val", []).append({"epoch": epoch, **metrics})
+        write_json_atomic(self.history_path, self.history)
+        if self.use_html:
+            self.save_loss_curve()
+
     # ------------------------------------------------------------------ images
     def display_current_results(self, visuals: Mapping[str, Tensor], epoch: int) -> Path | None:
         """Save the first image of each visual as ``web/images/epoch<NNN>_<name>.png`` and
@@ -115,16 +128,20 @@ class Visualizer:
 
     def save_loss_curve(self) -> Path | None:
         """Plot every loss against the fractional epoch to ``web/images/loss_curve.png``."""
-        if not self.history.get("x"):
+        if not self.history.get("x") and not self.history.get("val"):
             return None
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(8, 4.5), dpi=80)
-        x = np.array(self.history["x"])
-        for key in self.history["keys"]:
+        val = self.history.get("val", [])
+        fig, axes = plt.subplots(
+            1, 2 if val else 1, figsize=(13 if val else 8, 4.5), dpi=80, squeeze=False
+        )
+        ax = axes[0, 0]
+        x = np.array(self.history.get("x", []))
+        for key in self.history.get("keys", []):
             y = np.array([row.get(key, np.nan) for row in self.history["values"]], dtype=float)
             ax.plot(x, y, label=key)
         ax.set_xlabel("epoch")
@@ -132,6 +149,15 @@ class Visualizer:
         ax.set_yscale("symlog", linthresh=1e-2)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
+        if val:
+            vax = axes[0, 1]
+            epochs = [row["epoch"] for row in val]
+            for key in [k for k in val[-1] if k != "epoch"]:
+                vax.plot(epochs, [row.get(key, np.nan) for row in val], marker="o", label=key)
+            vax.set_xlabel("epoch")
+            vax.set_title("validation")
+            vax.grid(alpha=0.3)
+            vax.legend(fontsize=7)
         fig.tight_layout()
         path = self.img_dir / "loss_curve.png"
         self.img_dir.mkdir(parents=True, exist_ok=True)
