@@ -100,6 +100,9 @@ def train(opt) -> int:
         f"{len(loader.dataset)} items per epoch, device {opt.device}"
     )
 
+    if validator is not None and opt.epoch_count == 1:
+        # the untrained model's scores: the starting point of the validation curve
+        visualizer.log_metrics(0, {f"val_{k}": v for k, v in validator(0).items()})
     epochs = tqdm(
         range(opt.epoch_count, last_epoch + 1),
         desc="epochs",
