@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from data.base_dataset import band_px
-from data.phantom import (
+from data.phantom import generate_dataset
+from data.phantom_render import (
     ANATOMY,
     GENANT_BANDS,
     SAMPLE_VERTEBRAE,
     crop_vertebra,
-    generate_dataset,
     height_loss,
     plan_fractures,
     render_patient,
