@@ -323,6 +323,10 @@ class DiffusionGenerator(Generator):
         g.add_argument("--diffusion_bf16", action="store_true",
                        help="run the U-Net under bfloat16 autocast at inference")
         # fmt: on
+        if is_train:
+            # The adversarial term fights the denoising objective early in training, and a
+            # DDPM's likelihood training already gives sharp samples: keep it a light touch.
+            parser.set_defaults(lambda_GAN=0.1)
         return parser
 
     @classmethod
