@@ -71,7 +71,9 @@ class Pix2PixModel(BaseModel):
                 choices=["lsgan", "vanilla", "hinge"],
                 help="adversarial objective of the three discriminators",
             )
-            g.add_argument("--ndf", type=int, default=64, help="discriminator base width")
+            # 32 rather than pix2pix's 64: three 64-wide PatchGANs on a 1-channel CT cost two
+            # thirds of a training step (docs/BENCHMARKS.md) for no visible gain.
+            g.add_argument("--ndf", type=int, default=32, help="discriminator base width")
             g.add_argument("--n_layers_D", type=int, default=3, help="PatchGAN depth")
             g.add_argument(
                 "--lr_D",
