@@ -37,8 +37,8 @@ def write_synthesised_volumes(
     Every synthesised slice (composed CT in [-1, 1] and target mask, B geometry at
     ``img_size``) is moved back so the vertebra's centre row is where it was in the input,
     resized to the volume's in-plane size and written over the input slice; other slices
-    keep the input. In the label, the target id is replaced by the synthesised mask;
-    neighbour labels are the input's. Affine and header are the input's.
+    keep the input. In the label, the target id is replaced by the synthesised mask, which
+    overrides the input's neighbour labels where they overlap. Affine and header are the input's.
     """
     written = []
     size = dataset.img_size
@@ -61,7 +61,9 @@ def write_synthesised_volumes(
             ct_out[:, :, k] = np.clip(np.rint((fake_k + 1.0) * 127.5), 0, 255).astype(ct.dtype)
             lab = label_out[:, :, k]
             lab[lab == vid] = 0
-            lab[mask_k & (lab == 0)] = vid
+            # the restored vertebra may be taller than the input's gap: it wins over the
+            # neighbours' input labels (whose CT context SHRM moved apart)
+            lab[mask_k] = vid
         for folder, data, hdr in (("CT", ct_out, header), ("label", label_out, label_header)):
             path = out_dir / folder / f"{key}.nii.gz"
             path.parent.mkdir(parents=True, exist_ok=True)
