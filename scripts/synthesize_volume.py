@@ -68,12 +68,8 @@ if str(_ROOT) not in sys.path:  # run as `python scripts/synthesize_volume.py` f
     sys.path.insert(0, str(_ROOT))
 
 from data import find_dataset  # noqa: E402
-from data.vertebra_dataset import (  # noqa: E402
-    SPLIT_FILE,
-    build_slice_sample,
-    split_key,
-    volume_to_slices,
-)
+from data.vertebra_dataset import SPLIT_FILE, split_key, volume_to_slices  # noqa: E402
+from data.vertebra_geometry import build_slice_sample  # noqa: E402
 from models import create_model  # noqa: E402
 from options.test_options import TestOptions  # noqa: E402
 from util.io import write_json_atomic  # noqa: E402

@@ -49,12 +49,8 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.vertebra_dataset import (  # noqa: E402
-    SPLIT_FILE,
-    central_range,
-    split_key,
-    volume_to_slices,
-)
+from data.vertebra_dataset import SPLIT_FILE, split_key, volume_to_slices  # noqa: E402
+from data.vertebra_geometry import central_range  # noqa: E402
 from models.fracture_classifier import FractureClassifier  # noqa: E402
 from util.checkpoint import capture_rng_state, save_checkpoint  # noqa: E402
 from util.misc import resolve_device, seed_everything  # noqa: E402

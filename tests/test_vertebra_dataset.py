@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from data.base_dataset import band_px, band_rows
-from data.vertebra_dataset import (
-    VertebraDataset,
+from data.vertebra_dataset import VertebraDataset, volume_to_slices
+from data.vertebra_geometry import (
     build_slice_sample,
     cam_to_a_geometry,
     central_range,
@@ -25,7 +25,6 @@ from data.vertebra_dataset import (
     close_context,
     pyramid_weights,
     resize_rows,
-    volume_to_slices,
 )
 from util.nifti_io import ipl_affine, load_nifti, save_nifti
 

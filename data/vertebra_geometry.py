@@ -1,0 +1,179 @@
+"""Pure geometry of one HealthiVert sample (numpy in, numpy out; no I/O).
+
+Conventions in ``data/base_dataset.py``: rows run superior -> inferior; "A geometry" cuts the
+vertebra out and closes the context on a band of ``h2`` rows centred on the slice; "B
+geometry" centres the vertebra. Shared by the slice dataset, the evaluation and the
+whole-vertebra synthesis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from data.base_dataset import band_px, band_rows, centred_rows
+
+
+def vertebra_rows(label_slice: np.ndarray, vid: int) -> tuple[int, int] | None:
+    """First and last row (inclusive) of label ``vid`` in a ``(S, W)`` slice, or ``None``."""
+    rows = np.flatnonzero((label_slice == vid).any(axis=1))
+    if rows.size == 0:
+        return None
+    return int(rows[0]), int(rows[-1])
+
+
+def close_context_index(x1: int, x2: int, img_size: int) -> np.ndarray:
+    """Source row of every output row in A geometry, ``(S,)`` int64; ``-1`` in the band.
+
+    The vertebra occupies rows ``x1..x2`` (inclusive) of the source. Rows above it are shifted
+    so they end where the band starts, rows below so they start where the band ends; source
+    indices outside the image are clamped to the edge rows.
+    """
+    b0, b1 = band_rows(img_size)
+    out = np.arange(img_size, dtype=np.int64)
+    out[:b0] += x1 - b0  # out[b0 - 1] = src[x1 - 1]
+    out[b1:] += x2 + 1 - b1  # out[b1] = src[x2 + 1]
+    np.clip(out, 0, img_size - 1, out=out)
+    out[b0:b1] = -1
+    return out
+
+
+def centre_index(x1: int, x2: int, img_size: int) -> np.ndarray:
+    """Source row of every output row in B geometry, ``(S,)`` int64 (edge-clamped): the
+    vertebra (rows ``x1..x2``, height ``h``) lands on rows ``[S//2 - h//2, S//2 - h//2 + h)``."""
+    c0, _ = centred_rows(x2 - x1 + 1, img_size)
+    return np.clip(np.arange(img_size, dtype=np.int64) + (x1 - c0), 0, img_size - 1)
+
+
+def _check_rows(image: np.ndarray, x1: int, x2: int, img_size: int | None) -> int:
+    size = image.shape[0]
+    if img_size is not None and img_size != size:
+        raise ValueError(f"image has {size} rows but img_size={img_size}")
+    if not 0 <= x1 <= x2 < size:
+        raise ValueError(f"vertebra rows {x1}..{x2} outside an image of {size} rows")
+    if x2 - x1 + 1 >= band_px(size):
+        raise ValueError(f"vertebra height {x2 - x1 + 1} >= band height {band_px(size)}")
+    return size
+
+
+def close_context(
+    image: np.ndarray, x1: int, x2: int, img_size: int | None = None, fill: float = 0.0
+) -> np.ndarray:
+    """A geometry of a ``(S, W)`` slice (any dtype): vertebra rows ``x1..x2`` cut out, the
+    context closed on the band, band rows set to ``fill`` (0 in [-1, 1] CT units)."""
+    size = _check_rows(image, x1, x2, img_size)
+    idx = close_context_index(x1, x2, size)
+    out = image[np.maximum(idx, 0)]
+    out[idx < 0] = fill
+    return out
+
+
+def centre_vertebra(image: np.ndarray, x1: int, x2: int, img_size: int | None = None) -> np.ndarray:
+    """B geometry of a ``(S, W)`` slice: shifted so rows ``x1..x2`` are centred."""
+    size = _check_rows(image, x1, x2, img_size)
+    return image[centre_index(x1, x2, size)]
+
+
+def resize_rows(image: np.ndarray, n_rows: int) -> np.ndarray:
+    """Linear resize of a ``(h, W)`` array to ``(n_rows, W)`` float32 along rows only
+    (pixel-centre alignment, like ``align_corners=False``)."""
+    h = image.shape[0]
+    pos = np.clip((np.arange(n_rows) + 0.5) * h / n_rows - 0.5, 0.0, h - 1.0)
+    i0 = np.floor(pos).astype(np.int64)
+    i1 = np.minimum(i0 + 1, h - 1)
+    t = (pos - i0).astype(np.float32)[:, None]
+    img = image.astype(np.float32, copy=False)
+    return img[i0] * (1.0 - t) + img[i1] * t
+
+
+def cam_to_a_geometry(cam: np.ndarray, x1: int, x2: int, img_size: int | None = None) -> np.ndarray:
+    """CAM ``(S, W)`` in A geometry: context as :func:`close_context`, and the band holds the
+    vertebra's CAM rows ``x1..x2`` resized to ``h2`` rows. float32, range kept."""
+    size = _check_rows(cam, x1, x2, img_size)
+    out = close_context(cam.astype(np.float32, copy=False), x1, x2, size)
+    b0, b1 = band_rows(size)
+    out[b0:b1] = resize_rows(cam[x1 : x2 + 1], b1 - b0)
+    return out
+
+
+def central_range(z0: int, z1: int) -> tuple[int, int]:
+    """Inclusive slice range ``(lo, hi)`` of the central 4/5 of the extent ``z0..z1``."""
+    length = z1 - z0 + 1
+    n = max(1, length * 4 // 5)  # integer arithmetic: no 0.8 * 15 = 11.999... surprises
+    lo = z0 + (length - n) // 2
+    return lo, lo + n - 1
+
+
+def pyramid_weights(lo: int, hi: int, ks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unnormalised pyramid weights and ``slice_ratio`` of slices ``ks`` in ``lo..hi``.
+
+    ``c = (lo + hi) / 2``, ``half = (hi - lo) / 2``; weight ``1 - |k - c| / (half + 1)``,
+    ratio ``|k - c| / half`` (0 when the range is a single slice).
+    """
+    c, half = (lo + hi) / 2.0, (hi - lo) / 2.0
+    d = np.abs(np.asarray(ks, dtype=np.float64) - c)
+    ratio = d / half if half > 0 else np.zeros_like(d)
+    return 1.0 - d / (half + 1.0), ratio
+
+
+def _ct_to_unit(ct: np.ndarray) -> np.ndarray:
+    out = ct.astype(np.float32)  # uint8 window -> [-1, 1], in place after one copy
+    out /= np.float32(127.5)
+    out -= np.float32(1.0)
+    return out
+
+
+def build_slice_sample(
+    ct: np.ndarray,
+    label: np.ndarray,
+    cam: np.ndarray | None,
+    vid: int,
+    normal_ids: Iterable[int],
+) -> dict[str, Any]:
+    """The image part of one sample from one slice already at ``S = img_size``.
+
+    Args:
+        ct: ``(S, S)`` uint8 CT window.
+        label: ``(S, S)`` uint8 VerSe labels.
+        cam: ``(S, S)`` float heatmap in [0, 1], or ``None`` for zeros.
+        vid: label id of the target vertebra.
+        normal_ids: label ids that count as normal (grade 0) in ``normal_vert``.
+
+    Returns ``A, B, mask, vert_mask, normal_vert, CAM`` as ``(S, S)`` float32 and ``height``
+    (px), ``x1, x2`` (B geometry), ``h2``, ``src_x1, src_x2`` (rows in the input slice).
+    Raises ``ValueError`` when the vertebra is absent or not below the band height.
+    """
+    size = ct.shape[0]
+    rows = vertebra_rows(label, vid)
+    if rows is None:
+        raise ValueError(f"vertebra {vid} is absent from this slice")
+    x1, x2 = rows
+    label_b = centre_vertebra(label, x1, x2, size)  # also rejects h >= h2
+    # Gather uint8 rows first, convert after: cheaper than converting the whole slice.
+    ia = close_context_index(x1, x2, size)
+    a = _ct_to_unit(ct[np.maximum(ia, 0)])
+    a[ia < 0] = 0.0
+    b0, b1 = band_rows(size)
+    mask = np.zeros((size, size), np.float32)
+    mask[b0:b1] = 1.0
+    normal = np.zeros((size, size), bool)
+    for i in normal_ids:  # a handful of ids per volume: faster than a lookup-table gather
+        normal |= label_b == i
+    h = x2 - x1 + 1
+    c0, _ = centred_rows(h, size)
+    return {
+        "A": a,
+        "B": _ct_to_unit(ct[centre_index(x1, x2, size)]),
+        "mask": mask,
+        "vert_mask": (label_b == vid).astype(np.float32),
+        "normal_vert": normal.astype(np.float32),
+        "CAM": np.zeros_like(mask) if cam is None else cam_to_a_geometry(cam, x1, x2, size),
+        "height": float(h),
+        "x1": c0,
+        "x2": c0 + h - 1,
+        "h2": b1 - b0,
+        "src_x1": x1,
+        "src_x2": x2,
+    }
