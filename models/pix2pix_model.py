@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from data.base_dataset import band_px
 from models.base_model import BaseModel, OptionSetter
@@ -102,7 +102,7 @@ class Pix2PixModel(BaseModel):
         self.ema: AveragedModel | None = None
         if decay > 0:
             self.ema = AveragedModel(
-                self.netG, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True
+                self.netG, multi_avg_fn=warmup_ema_multi_avg_fn(decay), use_buffers=True
             )
         self.use_ema = self.ema is not None and not getattr(opt, "no_ema", False)
 
@@ -301,6 +301,25 @@ class Pix2PixModel(BaseModel):
             self.use_ema = False
             return
         self.ema.load_state_dict(state["ema"])
+
+
+def warmup_ema_multi_avg_fn(decay: float):
+    """EMA update for ``AveragedModel`` whose decay warms up: ``min(decay, (1 + n) / (10 + n))``
+    after ``n`` updates. A fixed 0.999 would leave the average at about 0.999**n of the
+    initial weights, i.e. an untrained network for the first thousands of steps."""
+
+    @torch.no_grad()
+    def update(averaged: list[Tensor], current: list[Tensor], num_averaged: Tensor) -> None:
+        n = float(num_averaged)
+        d = min(decay, (1.0 + n) / (10.0 + n))
+        floats = [(a, c) for a, c in zip(averaged, current, strict=True) if a.is_floating_point()]
+        if floats:
+            torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], 1.0 - d)
+        for a, c in zip(averaged, current, strict=True):
+            if not a.is_floating_point():  # integer buffers (counters) are copied
+                a.copy_(c)
+
+    return update
 
 
 def _as_float(o: GeneratorOutput) -> GeneratorOutput:
