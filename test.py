@@ -12,7 +12,6 @@ truth / difference / baseline / uncertainty per vertebra, worst band SSIM first)
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import numpy as np
 from data import find_dataset
 from models import create_model
 from options.test_options import TestOptions
+from util.cli import run_main
 from util.evaluation import evaluate
 from util.io import write_json_atomic
 from util.metrics import summarise
@@ -112,4 +112,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from data import create_dataset, find_dataset
 from models import create_model
 from options.train_options import TrainOptions
+from util.cli import run_main
 from util.evaluation import evaluate
 from util.io import write_json_atomic
 from util.metrics import summarise
@@ -164,4 +165,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -51,6 +51,7 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:  # run as `python scripts/grade.py` from anywhere
     sys.path.insert(0, str(_ROOT))
 
+from util.cli import run_main  # noqa: E402
 from util.io import atomic_path, write_json_atomic  # noqa: E402
 
 THIRDS = ("anterior", "middle", "posterior")
@@ -333,8 +334,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main)

@@ -65,6 +65,7 @@ from scripts.grade import (  # noqa: E402
     run_grading,
     save_confusion_png,
 )
+from util.cli import run_main  # noqa: E402
 from util.heights import measure_heights  # noqa: E402
 from util.io import write_json_atomic  # noqa: E402
 from util.nifti_io import load_nifti  # noqa: E402
@@ -333,8 +334,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main)

@@ -72,6 +72,7 @@ from data.vertebra_dataset import SPLIT_FILE, split_key, volume_to_slices  # noq
 from data.vertebra_geometry import build_slice_sample  # noqa: E402
 from models import create_model  # noqa: E402
 from options.test_options import TestOptions  # noqa: E402
+from util.cli import run_main  # noqa: E402
 from util.io import write_json_atomic  # noqa: E402
 from util.nifti_io import load_nifti  # noqa: E402
 from util.volumes import write_synthesised_volumes  # noqa: E402
@@ -460,8 +461,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main)

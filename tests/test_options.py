@@ -1,6 +1,7 @@
 """Option parsing, the saved opt.json round trip, and parse-time errors."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -74,3 +75,33 @@ def test_test_options_defaults(tmp_path):
     assert opt.isTrain is False and opt.phase == "test" and opt.epoch == "latest"
     assert opt.vert_class == "all" and opt.slice_mode == "all"
     assert json.loads((tmp_path / "t" / "test_opt.json").read_text())["phase"] == "test"
+
+
+def test_bad_input_is_one_error_line_not_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    missing = tmp_path / "no_such_root"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "test.py",
+            "--dataroot",
+            str(missing),
+            "--gpu_ids",
+            "-1",
+            "--checkpoints_dir",
+            str(tmp_path),
+            "--name",
+            "x",
+            "--img_size",
+            "64",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "error:" in proc.stderr and str(missing) in proc.stderr

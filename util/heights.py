@@ -40,6 +40,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from util.cli import run_main
 from util.io import write_json_atomic
 from util.labels import LABEL_MAP_NAMES, id_to_name_map
 from util.nifti_io import load_nifti
@@ -379,8 +380,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main)
