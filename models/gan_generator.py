@@ -23,6 +23,7 @@ computed in fp32 and the outputs are returned in the input's dtype.
 from __future__ import annotations
 
 import argparse
+import math
 
 import torch
 import torch.nn.functional as F
@@ -315,6 +316,10 @@ class GanNetwork(nn.Module):
         )
 
 
+def _logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
 @register_generator("gan")
 class GanGenerator(Generator):
     """HealthiVert-GAN's generator behind the :class:`Generator` interface."""
@@ -322,6 +327,12 @@ class GanGenerator(Generator):
     def __init__(self, *, ngf: int = 16, img_size: int = 256) -> None:
         super().__init__()
         self.net = GanNetwork(ngf=ngf, img_size=img_size)
+        # Prior-probability init of the segmentation logits (Lin et al. 2017): starting at 0.5
+        # everywhere, the Dice gradient on the background is ~1e-5 per pixel and the fine
+        # Dice loss stayed at 0.97 for 150 steps; starting at the prior it fell to 0.60.
+        with torch.no_grad():
+            self.net.coarse.decoder.head.conv.bias[1] = _logit(0.12)  # normal vertebrae
+            self.net.fine.decoder.head.conv.bias[1] = _logit(0.02)  # the target vertebra
 
     @staticmethod
     def modify_commandline_options(
