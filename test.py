@@ -28,7 +28,17 @@ from util.report import per_vertebra_means, write_html, write_metrics_csv
 from util.volumes import write_synthesised_volumes
 
 #: Metrics printed at the end (and shown first in summary.json readers).
-HEADLINE = ("ssim_patch", "psnr_patch", "ssim_global", "psnr_global", "dice", "iou", "rhdr")
+HEADLINE = (
+    "ssim_patch",
+    "psnr_patch",
+    "l1_patch",
+    "ssim_global",
+    "psnr_global",
+    "dice",
+    "iou",
+    "rhdr",
+    "rhdr_head",
+)
 
 
 def run(opt) -> dict:
@@ -96,7 +106,9 @@ def run(opt) -> dict:
     for line in lines:
         print(line)
     fill = {
-        k: means[f"fill_{k}"]["mean"] for k in ("ssim_patch", "psnr_patch") if f"fill_{k}" in means
+        k: means[f"fill_{k}"]["mean"]
+        for k in ("ssim_patch", "psnr_patch", "l1_patch")
+        if f"fill_{k}" in means
     }
     if fill:
         print("  trivial fill baseline: " + "  ".join(f"{k} {v:.4g}" for k, v in fill.items()))

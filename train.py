@@ -41,6 +41,20 @@ def check_finite(losses: dict[str, float], epoch: int, iters: int) -> None:
         )
 
 
+#: Validation metrics logged beside the losses (band SSIM picks the best checkpoint).
+VALIDATION_KEYS = (
+    "ssim_patch",
+    "psnr_patch",
+    "l1_patch",
+    "dice",
+    "rhdr",
+    "rhdr_head",
+    "fill_ssim_patch",
+    "fill_l1_patch",
+    "const_rhdr",
+)
+
+
 class Validator:
     """``--eval_freq``: evaluate the normal vertebrae of the val split, log the metrics and
     keep ``best_checkpoint.pth`` by band SSIM."""
@@ -56,7 +70,7 @@ class Validator:
         if opt.continue_train and self.best_path.is_file():
             self.best = json.loads(self.best_path.read_text())["ssim_patch"]
 
-    def __call__(self, epoch: int) -> dict[str, float]:
+    def __call__(self, epoch: int, keep_best: bool = True) -> dict[str, float]:
         with self.model.sampling_steps(self.opt.eval_steps):
             result = evaluate(
                 self.model,
@@ -68,15 +82,11 @@ class Validator:
                 desc=f"val epoch {epoch}",
             )
         self.model.train()
-        means = {
-            k: v["mean"]
-            for k, v in summarise(result.rows).items()
-            if k in ("ssim_patch", "psnr_patch", "dice", "rhdr", "fill_ssim_patch")
-        }
+        means = {k: v["mean"] for k, v in summarise(result.rows).items() if k in VALIDATION_KEYS}
         tqdm.write(
             f"validation epoch {epoch}: " + "  ".join(f"{k} {v:.4g}" for k, v in means.items())
         )
-        if means.get("ssim_patch", -math.inf) > self.best:
+        if keep_best and means.get("ssim_patch", -math.inf) > self.best:
             self.best = means["ssim_patch"]
             self.model.save_networks("best", also_latest=False)
             write_json_atomic(self.best_path, {"epoch": epoch, **means})
@@ -103,7 +113,7 @@ def train(opt) -> int:
 
     if validator is not None and opt.epoch_count == 1:
         # the untrained model's scores: the starting point of the validation curve
-        visualizer.log_metrics(0, {f"val_{k}": v for k, v in validator(0).items()})
+        visualizer.log_metrics(0, {f"val_{k}": v for k, v in validator(0, keep_best=False).items()})
     epochs = tqdm(
         range(opt.epoch_count, last_epoch + 1),
         desc="epochs",

@@ -12,9 +12,15 @@ import math
 import sys
 from pathlib import Path
 
-COLUMNS = (("ssim_patch", "SSIM band", "{:.3f}"), ("psnr_patch", "PSNR band", "{:.2f}"),
-           ("dice", "Dice", "{:.3f}"), ("rhdr", "RHDR %", "{:.2f}"),
-           ("seconds_per_slice", "s/slice", "{:.3f}"))
+COLUMNS = (
+    ("ssim_patch", "SSIM band", "{:.3f}"),
+    ("psnr_patch", "PSNR band", "{:.2f}"),
+    ("l1_patch", "L1 band", "{:.3f}"),
+    ("dice", "Dice", "{:.3f}"),
+    ("rhdr", "RHDR seg %", "{:.2f}"),
+    ("rhdr_head", "RHDR head %", "{:.2f}"),
+    ("seconds_per_slice", "s/slice", "{:.3f}"),
+)
 
 
 def load_summary(folder: Path) -> dict:
@@ -33,29 +39,35 @@ def table_rows(summaries: list[dict]) -> list[tuple[str, dict[str, float]]]:
         values["seconds_per_slice"] = s["seconds_per_slice"]
         label = s["netG_type"] + (f" ({s['steps']} steps)" if s.get("steps") else "")
         rows.append((label, values))
-    if summaries:
+    if summaries:  # baselines, scored on the first summary's slices
         m = summaries[0]["metrics"]
         fill = {k: m[f"fill_{k}"]["mean"] for k, _, _ in COLUMNS if f"fill_{k}" in m}
         rows.append(("trivial fill", fill))
+        if "const_rhdr" in m:
+            rows.append(("constant height", {"rhdr_head": m["const_rhdr"]["mean"]}))
     return rows
 
 
 def format_table(rows: list[tuple[str, dict[str, float]]]) -> str:
-    header = f"{'method':<22}" + "".join(f"{title:>11}" for _, title, _ in COLUMNS)
+    header = f"{'method':<22}" + "".join(f"{title:>12}" for _, title, _ in COLUMNS)
     lines = [header, "-" * len(header)]
     for label, values in rows:
         cells = []
         for key, _, fmt in COLUMNS:
             v = values.get(key, math.nan)
-            cells.append(f"{fmt.format(v) if math.isfinite(v) else '-':>11}")
+            cells.append(f"{fmt.format(v) if math.isfinite(v) else '-':>12}")
         lines.append(f"{label:<22}" + "".join(cells))
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("folders", nargs="+", type=Path,
-                        help="result folders of test.py (<results_dir>/<name>/<phase>_<epoch>)")
+    parser.add_argument(
+        "folders",
+        nargs="+",
+        type=Path,
+        help="result folders of test.py (<results_dir>/<name>/<phase>_<epoch>)",
+    )
     args = parser.parse_args(argv)
     try:
         summaries = [load_summary(f) for f in args.folders]

@@ -1,0 +1,74 @@
+"""Evaluation helpers: the synthesised mask's height, the trivial fill baseline, the table."""
+
+import json
+
+import numpy as np
+import torch
+
+from data.base_dataset import band_rows
+from scripts.compare_results import format_table, table_rows
+from scripts.compare_results import main as compare_main
+from util.evaluation import fill_baseline, mask_height
+
+
+def test_mask_height_uses_the_largest_part():
+    mask = np.zeros((20, 10), bool)
+    assert mask_height(mask) == 0.0
+    mask[5:12, 2:8] = True  # the vertebra: 7 rows
+    mask[17, 0] = True  # a stray pixel far below must not stretch it
+    assert mask_height(mask) == 7.0
+
+
+def test_fill_baseline_fills_the_band_with_the_mean_of_its_neighbour_rows():
+    size = 64
+    b0, b1 = band_rows(size)  # 10 rows at 64 px
+    a = torch.zeros(1, 1, size, size)
+    a[..., b0 - 1, :] = 0.2
+    a[..., b1, :] = 0.6
+    mask = torch.zeros_like(a)
+    mask[..., b0:b1, :] = 1
+    out = fill_baseline(a, mask, torch.tensor([10.0]), b1 - b0)  # Ht = h2: no shift
+    assert torch.allclose(out[..., b0:b1, :], torch.full((1, 1, b1 - b0, size), 0.4))
+    assert torch.equal(out[..., : b0 - 1, :], a[..., : b0 - 1, :])
+
+
+def test_compare_results_table(tmp_path, capsys):
+    def summary(netg, ssim):
+        m = {
+            k: {"mean": v}
+            for k, v in {
+                "ssim_patch": ssim,
+                "psnr_patch": 20.0,
+                "l1_patch": 0.1,
+                "dice": 0.8,
+                "rhdr": 5.0,
+                "rhdr_head": 4.0,
+                "fill_ssim_patch": 0.6,
+                "fill_psnr_patch": 19.0,
+                "fill_l1_patch": 0.2,
+                "const_rhdr": 9.0,
+            }.items()
+        }
+        return {
+            "netG_type": netg,
+            "steps": 10 if netg == "diffusion" else None,
+            "seconds_per_slice": 0.01,
+            "metrics": m,
+        }
+
+    rows = table_rows([summary("gan", 0.7), summary("diffusion", 0.8)])
+    assert [r[0] for r in rows] == [
+        "gan",
+        "diffusion (10 steps)",
+        "trivial fill",
+        "constant height",
+    ]
+    assert rows[2][1] == {"ssim_patch": 0.6, "psnr_patch": 19.0, "l1_patch": 0.2}
+    text = format_table(rows)
+    assert "0.700" in text and "0.800" in text and "9.00" in text
+    for name, s in (("a", summary("gan", 0.7)), ("b", summary("diffusion", 0.8))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps(s))
+    assert compare_main([str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert "trivial fill" in capsys.readouterr().out
+    assert compare_main([str(tmp_path / "missing")]) == 2
