@@ -52,3 +52,16 @@ def test_rng_state_round_trip():
     random.random(), np.random.rand(), torch.rand(1)  # move every generator on
     restore_rng_state(state)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_atomic_files_get_ordinary_permissions(tmp_path):
+    import os
+
+    from util.io import write_text_atomic
+
+    umask = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "index.html", "<html></html>")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "index.html").stat().st_mode & 0o777 == 0o644
