@@ -8,8 +8,8 @@ cd "$(dirname "$0")/.."
 source scripts/setup_env.sh
 
 SIZE="${DEMO_IMG_SIZE:-64}"
-EPOCHS="${DEMO_EPOCHS:-12}"
-DECAY="${DEMO_EPOCHS_DECAY:-6}"
+EPOCHS="${DEMO_EPOCHS:-20}"
+DECAY="${DEMO_EPOCHS_DECAY:-10}"
 STEPS="${DEMO_DDIM_STEPS:-10}"
 ROOT="datasets/phantom"
 COMMON=(--dataroot "$ROOT" --img_size "$SIZE" --gpu_ids -1 --seed 0 --batch_size 8 --num_threads 2)
@@ -22,19 +22,34 @@ run() {  # run LOGNAME CMD...: keep the console short, show the log's tail on fa
     "$@" > "$log" 2>&1 || { tail -25 "$log"; echo "[demo] failed: see $log" >&2; exit 1; }
 }
 
-echo "[demo] 1/4 phantom data set: 20 patients at ${SIZE} px -> $ROOT"
-"$PY" scripts/make_phantom.py --out "$ROOT" --n_patients 20 --img_size "$SIZE" --seed 0 \
-    --overwrite --quiet
+echo "[demo] 1/5 phantom data set: 20 patients at ${SIZE} px -> $ROOT"
+run phantom "$PY" scripts/make_phantom.py --out "$ROOT" --n_patients 20 --img_size "$SIZE" \
+    --seed 0 --overwrite --quiet
 
-echo "[demo] 2/4 training the GAN generator (${EPOCHS}+${DECAY} epochs, demo budget)"
+echo "[demo] 2/5 Grad-CAM++ heatmaps: fracture classifier, then maps replacing the provisional ones"
+run classifier "$PY" scripts/train_classifier.py --dataroot "$ROOT" --img_size "$SIZE" --epochs 10 \
+    --out checkpoints/demo_classifier/classifier.pth --gpu_ids -1 --quiet
+run heatmaps "$PY" scripts/make_heatmaps.py --dataroot "$ROOT" \
+    --classifier checkpoints/demo_classifier/classifier.pth --gpu_ids -1 --quiet --evaluate test
+"$PY" - "$LOGS/heatmaps.log" <<'PYEOF'
+import json, sys
+text = open(sys.argv[1]).read()
+report = json.loads(text[text.index("{"):])
+for group in ("fractured", "normal"):
+    r = report[group]
+    print(f"    heatmap mass in the {group} vertebrae of the test split: {r['ratio_of_means']:.1f}x "
+          f"chance (n={r['n']})")
+PYEOF
+
+echo "[demo] 3/5 training the GAN generator (${EPOCHS}+${DECAY} epochs, demo budget)"
 run train_gan "$PY" train.py "${COMMON[@]}" --name demo_gan --netG_type gan \
     --n_epochs "$EPOCHS" --n_epochs_decay "$DECAY" --save_epoch_freq 100 --print_freq 200
 
-echo "[demo] 3/4 training the diffusion generator (${EPOCHS}+${DECAY} epochs, demo budget)"
+echo "[demo] 4/5 training the diffusion generator (${EPOCHS}+${DECAY} epochs, demo budget)"
 run train_diffusion "$PY" train.py "${COMMON[@]}" --name demo_diffusion --netG_type diffusion \
     --n_epochs "$EPOCHS" --n_epochs_decay "$DECAY" --save_epoch_freq 100 --print_freq 200
 
-echo "[demo] 4/4 evaluating both on the test split"
+echo "[demo] 5/5 evaluating both on the test split"
 run test_gan "$PY" test.py "${COMMON[@]}" --name demo_gan --netG_type gan --results_dir results
 run test_diffusion "$PY" test.py "${COMMON[@]}" --name demo_diffusion --netG_type diffusion \
     --results_dir results --num_inference_steps "$STEPS"
