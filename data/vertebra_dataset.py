@@ -160,6 +160,30 @@ def split_key(key: str) -> tuple[str, int]:
     return pid, int(vid)
 
 
+def load_splits(dataroot: str | Path) -> dict[str, dict[str, int]]:
+    """``{phase: {"<pid>_<vid>": grade}}`` from ``<dataroot>/vertebra_data.json``, checked:
+    ids of the form ``<pid>_<label id>``, integer grades (``null`` -> -1, unknown). Errors
+    name the file."""
+    path = Path(dataroot) / SPLIT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"split file not found: {path}")
+    try:
+        splits = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(splits, dict) or not all(isinstance(v, dict) for v in splits.values()):
+        raise ValueError(f"{path} must map phase -> {{'<pid>_<vid>': grade}}")
+    out: dict[str, dict[str, int]] = {}
+    for phase, entries in splits.items():
+        out[phase] = {}
+        for key, grade in entries.items():
+            if grade is not None and (isinstance(grade, bool) or not isinstance(grade, int)):
+                raise ValueError(f"{path}: grade of {key!r} must be an integer, got {grade!r}")
+            split_key(key)
+            out[phase][key] = -1 if grade is None else grade
+    return out
+
+
 # ----------------------------------------------------------------------------- dataset
 class VertebraDataset(BaseDataset):
     """Sagittal slices of the vertebrae of one split (see the module docstring).
@@ -281,21 +305,10 @@ class VertebraDataset(BaseDataset):
     def _read_split(self) -> tuple[dict[str, int], list[str]]:
         """All grades of the JSON (this phase last) and the keys of this phase/vert_class."""
         path = self.root / SPLIT_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"split file not found: {path}")
-        try:
-            splits = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} is not valid JSON: {exc}") from exc
-        if not isinstance(splits, dict) or not all(isinstance(v, dict) for v in splits.values()):
-            raise ValueError(f"{path} must map phase -> {{'<pid>_<vid>': grade}}")
+        splits = load_splits(self.root)
         grades: dict[str, int] = {}
         for name in [n for n in splits if n != self.phase] + [self.phase]:
-            for key, grade in splits.get(name, {}).items():
-                if grade is not None and (isinstance(grade, bool) or not isinstance(grade, int)):
-                    raise ValueError(f"{path}: grade of {key!r} must be an integer, got {grade!r}")
-                split_key(key)
-                grades[key] = -1 if grade is None else grade
+            grades.update(splits.get(name, {}))
         wanted = {"normal": lambda g: g == 0, "abnormal": lambda g: g > 0, "all": lambda g: True}
         keys = [k for k in splits.get(self.phase, {}) if wanted[self.vert_class](grades[k])]
         if not keys:

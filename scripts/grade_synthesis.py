@@ -57,6 +57,7 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:  # run as `python scripts/grade_synthesis.py` from anywhere
     sys.path.insert(0, str(_ROOT))
 
+from data.vertebra_dataset import load_splits  # noqa: E402
 from scripts.grade import (  # noqa: E402
     THIRDS,
     HeightsTable,
@@ -65,19 +66,12 @@ from scripts.grade import (  # noqa: E402
     run_grading,
     save_confusion_png,
 )
+from scripts.synthesize_volume import PHASES  # noqa: E402
 from util.cli import run_main  # noqa: E402
 from util.heights import measure_heights  # noqa: E402
 from util.io import write_json_atomic  # noqa: E402
 from util.nifti_io import load_nifti  # noqa: E402
 
-#: ``--phase`` values and the splits of vertebra_data.json they cover.
-PHASES: Mapping[str, tuple[str, ...]] = {
-    "train": ("train",),
-    "val": ("val",),
-    "test": ("test",),
-    "all_eval": ("val", "test"),
-    "all": ("train", "val", "test"),
-}
 #: VerSe vertebra ids from cranial to caudal (C1-C7, T1-T12, T13, L1-L6); the sacrum (26) and
 #: the coccyx are not vertebrae whose height compares.
 SPINE_ORDER = (*range(1, 20), 28, *range(20, 26))
@@ -173,17 +167,10 @@ def phase_grades(dataroot: Path, phase: str) -> dict[str, int]:
     """``{id: grade}`` of the splits of ``phase`` in ``vertebra_data.json``, grade >= 0 only."""
     if phase not in PHASES:
         raise ValueError(f"--phase {phase!r}: choose one of {list(PHASES)}")
-    path = dataroot / "vertebra_data.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"split file not found: {path}")
-    splits = json.loads(path.read_text(encoding="utf-8"))
-    out: dict[str, int] = {}
-    for split in PHASES[phase]:
-        for key, g in splits.get(split, {}).items():
-            if g is not None and int(g) >= 0:
-                out[key] = int(g)
+    splits = load_splits(dataroot)
+    out = {k: g for split in PHASES[phase] for k, g in splits.get(split, {}).items() if g >= 0}
     if not out:
-        raise ValueError(f"{path} has no graded vertebra in {PHASES[phase]}")
+        raise ValueError(f"{dataroot}/vertebra_data.json has no graded vertebra in {PHASES[phase]}")
     return out
 
 

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import warnings
 import zlib
@@ -68,7 +67,7 @@ if str(_ROOT) not in sys.path:  # run as `python scripts/synthesize_volume.py` f
     sys.path.insert(0, str(_ROOT))
 
 from data import find_dataset  # noqa: E402
-from data.vertebra_dataset import SPLIT_FILE, split_key, volume_to_slices  # noqa: E402
+from data.vertebra_dataset import SPLIT_FILE, load_splits, split_key, volume_to_slices  # noqa: E402
 from data.vertebra_geometry import build_slice_sample  # noqa: E402
 from models import create_model  # noqa: E402
 from options.test_options import TestOptions  # noqa: E402
@@ -408,12 +407,7 @@ def datasets_for(opt: argparse.Namespace, phase: str) -> list[Any]:
     if phase not in PHASES:
         raise ValueError(f"--phase {phase!r}: choose one of {list(PHASES)}")
     path = Path(opt.dataroot) / SPLIT_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"split file not found: {path}")
-    try:
-        listed = {k for k, v in json.loads(path.read_text(encoding="utf-8")).items() if v}
-    except (json.JSONDecodeError, AttributeError) as exc:
-        raise ValueError(f"{path} is not a JSON object of splits: {exc}") from exc
+    listed = {k for k, v in load_splits(opt.dataroot).items() if v}
     splits = [s for s in PHASES[phase] if s in listed]
     if not splits:
         raise ValueError(f"{path} has no vertebra in the split(s) {PHASES[phase]}")

@@ -49,7 +49,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.vertebra_dataset import SPLIT_FILE, split_key, volume_to_slices  # noqa: E402
+from data.vertebra_dataset import load_splits, split_key, volume_to_slices  # noqa: E402
 from data.vertebra_geometry import central_range  # noqa: E402
 from models.fracture_classifier import FractureClassifier  # noqa: E402
 from util.checkpoint import capture_rng_state, save_checkpoint  # noqa: E402
@@ -70,22 +70,7 @@ class SliceSet:
 
 def read_split(dataroot: str | Path, phase: str) -> dict[str, int]:
     """``{key: grade}`` of ``phase`` in ``<dataroot>/vertebra_data.json`` (may be empty)."""
-    path = Path(dataroot) / SPLIT_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"split file not found: {path}")
-    try:
-        splits = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(splits, dict) or not isinstance(splits.get(phase, {}), dict):
-        raise ValueError(f"{path} must map phase -> {{'<pid>_<vid>': grade}}")
-    out = {}
-    for key, grade in splits.get(phase, {}).items():
-        split_key(key)  # validates the id
-        if isinstance(grade, bool) or not isinstance(grade, int):
-            raise ValueError(f"{path}: grade of {key!r} must be an integer, got {grade!r}")
-        out[key] = grade
-    return out
+    return load_splits(dataroot).get(phase, {})
 
 
 def central_slices(label_slices: np.ndarray, vid: int) -> np.ndarray:
