@@ -18,7 +18,6 @@ import math
 import sys
 import time
 
-import torch
 from tqdm import tqdm
 
 from data import create_dataset, find_dataset
@@ -95,8 +94,6 @@ class Validator:
 
 def train(opt) -> int:
     seed_everything(opt.seed)
-    if opt.device == "cpu":
-        torch.set_num_threads(max(1, torch.get_num_threads()))
     loader = create_dataset(opt)
     model = create_model(opt)
     model.setup(opt)  # sets opt.epoch_count when resuming
