@@ -4,7 +4,7 @@ import argparse
 
 import torch
 
-from util.visualizer import Visualizer
+from util.visualizer import Visualizer, validation_families
 
 
 def _opt(tmp_path, display_id=0, continue_train=False):
@@ -45,3 +45,24 @@ def test_history_survives_a_new_visualizer(tmp_path):
     again = Visualizer(_opt(tmp_path, continue_train=True))
     assert again.history["x"] == [0.5]
     assert Visualizer(_opt(tmp_path)).history == {}  # a new run does not inherit old curves
+
+
+def test_validation_metrics_are_plotted_by_family(tmp_path):
+    keys = [
+        "val_ssim_patch",
+        "val_psnr_patch",
+        "val_rhdr",
+        "val_rhdr_head",
+        "val_fill_ssim_patch",
+        "val_const_rhdr",
+    ]
+    assert validation_families(keys) == {
+        "ssim": ["val_ssim_patch", "val_fill_ssim_patch"],
+        "psnr": ["val_psnr_patch"],
+        "rhdr": ["val_rhdr", "val_rhdr_head", "val_const_rhdr"],
+    }
+    vis = Visualizer(_opt(tmp_path))
+    vis.plot_current_losses(0.5, {"G_L1": 1.0})
+    for epoch in (0, 1):
+        vis.log_metrics(epoch, {k: 0.5 + epoch for k in keys})
+    assert vis.save_loss_curve().is_file()

@@ -17,6 +17,22 @@ from util.html import HTML
 from util.io import atomic_path, write_json_atomic
 from util.misc import tensor2im
 
+#: Validation keys of baselines (``val_fill_ssim_patch``...), drawn beside their metric.
+BASELINE_PREFIXES = ("fill_", "const_")
+
+
+def validation_families(keys: list[str]) -> dict[str, list[str]]:
+    """Group validation keys by metric (``val_ssim_patch`` and ``val_fill_ssim_patch`` ->
+    ``ssim``; ``val_rhdr_head`` and ``val_const_rhdr`` -> ``rhdr``), one plot per group, so
+    that metrics on different scales (PSNR in dB, RHDR in %, SSIM) never share an axis."""
+    families: dict[str, list[str]] = {}
+    for key in keys:
+        name = key.removeprefix("val_")
+        for prefix in BASELINE_PREFIXES:
+            name = name.removeprefix(prefix)
+        families.setdefault(name.split("_")[0], []).append(key)
+    return families
+
 
 class Visualizer:
     """Writes ``loss_log.txt``, ``web/index.html`` (newest epoch first, loss-curve PNG) and,
@@ -136,10 +152,11 @@ class Visualizer:
         import matplotlib.pyplot as plt
 
         val = self.history.get("val", [])
-        fig, axes = plt.subplots(
-            1, 2 if val else 1, figsize=(13 if val else 8, 4.5), dpi=80, squeeze=False
-        )
-        ax = axes[0, 0]
+        families = validation_families([k for k in val[-1] if k != "epoch"]) if val else {}
+        ncols = (len(families) + 1) // 2
+        fig = plt.figure(figsize=(8 + 3.2 * ncols, 4.5), dpi=80)
+        grid = fig.add_gridspec(2, 2 + ncols)
+        ax = fig.add_subplot(grid[:, :2])
         x = np.array(self.history.get("x", []))
         for key in self.history.get("keys", []):
             y = np.array([row.get(key, np.nan) for row in self.history["values"]], dtype=float)
@@ -149,15 +166,32 @@ class Visualizer:
         ax.set_yscale("symlog", linthresh=1e-2)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
-        if val:
-            vax = axes[0, 1]
-            epochs = [row["epoch"] for row in val]
-            for key in [k for k in val[-1] if k != "epoch"]:
-                vax.plot(epochs, [row.get(key, np.nan) for row in val], marker="o", label=key)
-            vax.set_xlabel("epoch")
-            vax.set_title("validation")
+        epochs = [row["epoch"] for row in val]
+        for i, (family, keys) in enumerate(families.items()):
+            vax = fig.add_subplot(grid[i % 2, 2 + i // 2])
+            for key in keys:  # baselines dashed, without markers
+                baseline = key.removeprefix("val_").startswith(BASELINE_PREFIXES)
+                vax.plot(
+                    epochs,
+                    [row.get(key, np.nan) for row in val],
+                    linestyle="--" if baseline else "-",
+                    marker=None if baseline else "o",
+                    markersize=3,
+                    label=key.removeprefix("val_"),
+                )
+            values = np.array([[row.get(k, np.nan) for k in keys] for row in val], dtype=float)
+            positive = values[np.isfinite(values) & (values > 0)]
+            if positive.size and (values[np.isfinite(values)] >= 0).all():
+                lo, hi = float(positive.min()), float(positive.max())
+                if hi > 5 * lo:  # e.g. an untrained model's epoch 0 far above the rest
+                    vax.set_yscale("symlog", linthresh=lo)
+                    ticks = np.unique([float(f"{t:.2g}") for t in np.geomspace(lo, hi, 5)])
+                    vax.set_yticks(ticks, [f"{t:g}" for t in ticks])
+                    vax.minorticks_off()
+            vax.set_title(f"validation: {family}", fontsize=9)
+            vax.tick_params(labelsize=7)
             vax.grid(alpha=0.3)
-            vax.legend(fontsize=7)
+            vax.legend(fontsize=6)
         fig.tight_layout()
         path = self.img_dir / "loss_curve.png"
         self.img_dir.mkdir(parents=True, exist_ok=True)
