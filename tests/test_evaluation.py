@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from data.base_dataset import band_rows
@@ -72,3 +73,32 @@ def test_compare_results_table(tmp_path, capsys):
     assert compare_main([str(tmp_path / "a"), str(tmp_path / "b")]) == 0
     assert "trivial fill" in capsys.readouterr().out
     assert compare_main([str(tmp_path / "missing")]) == 2
+
+
+def test_compare_results_grading_column(tmp_path, capsys):
+    summary = {
+        "netG_type": "gan",
+        "steps": None,
+        "seconds_per_slice": 0.01,
+        "metrics": {"ssim_patch": {"mean": 0.5}, "fill_ssim_patch": {"mean": 0.6}},
+    }
+    grading = {
+        "phase": "test",
+        "n": 12,
+        "grades": {"0": 8, "1": 2, "2": 2},
+        "rhlv": {"macro_f1": 0.812, "folds": 2},
+        "baseline": {"macro_f1": 0.634, "folds": 2},
+    }
+    rows = table_rows([summary], [grading])
+    assert rows[0][1]["grading_f1"] == 0.812
+    assert rows[-1] == ("no synthesis (nb ratio)", {"grading_f1": 0.634})
+    with pytest.raises(ValueError, match="1 result folders"):
+        table_rows([summary], [grading, grading])
+    (tmp_path / "res").mkdir()
+    (tmp_path / "res" / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / "grading").mkdir()
+    (tmp_path / "grading" / "grading.json").write_text(json.dumps(grading))
+    assert compare_main([str(tmp_path / "res"), "--grading", str(tmp_path / "grading")]) == 0
+    out = capsys.readouterr().out
+    assert "0.812" in out and "0.634" in out and "2-fold" in out and "12 vertebrae" in out
+    assert compare_main([str(tmp_path / "res"), "--grading", str(tmp_path / "nowhere")]) == 2
