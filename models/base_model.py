@@ -170,6 +170,13 @@ class BaseModel(abc.ABC):
                 opt_.load_state_dict(state)
             for sched, state in zip(self.schedulers, ckpt["schedulers"], strict=False):
                 sched.load_state_dict(state)
+                if isinstance(sched, lr_scheduler.LambdaLR):
+                    # The saved lr belongs to the saved schedule; a resumed run that extends
+                    # it (larger --n_epochs) must train its next epoch at the new rule's lr.
+                    rules = zip(sched.base_lrs, sched.lr_lambdas, strict=True)
+                    lrs = [base * rule(sched.last_epoch) for base, rule in rules]
+                    for group, lr in zip(sched.optimizer.param_groups, lrs, strict=True):
+                        group["lr"] = lr
             restore_rng_state(ckpt["rng"])
         print(f"loaded checkpoint {path} (epoch {self.epoch}, {self.total_iters} samples)")
         return ckpt

@@ -1,11 +1,13 @@
 """Atomic checkpoint writes, corrupt-file errors and RNG round trips."""
 
+import argparse
 import random
 
 import numpy as np
 import pytest
 import torch
 
+from models.base_model import BaseModel
 from util import checkpoint as ckpt_mod
 from util.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 
@@ -65,3 +67,49 @@ def test_atomic_files_get_ordinary_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert (tmp_path / "index.html").stat().st_mode & 0o777 == 0o644
+
+
+class _TinyModel(BaseModel):
+    def __init__(self, opt):
+        super().__init__(opt)
+        self.model_names = ["G"]
+        self.netG = torch.nn.Linear(2, 1)
+        self.optimizers = [torch.optim.Adam(self.netG.parameters(), lr=opt.lr)]
+
+    def set_input(self, batch):
+        pass
+
+    def forward(self):
+        pass
+
+    def optimize_parameters(self):
+        pass
+
+
+def _tiny_opt(tmp_path, n_epochs, continue_train):
+    return argparse.Namespace(
+        isTrain=True,
+        device="cpu",
+        checkpoints_dir=str(tmp_path),
+        name="tiny",
+        lr=1e-3,
+        lr_policy="linear",
+        n_epochs=n_epochs,
+        n_epochs_decay=0,
+        continue_train=continue_train,
+        epoch="latest",
+        verbose=False,
+    )
+
+
+def test_resume_with_a_longer_schedule_trains_at_the_new_rules_lr(tmp_path):
+    model = _TinyModel(_tiny_opt(tmp_path, 1, False))
+    model.setup(model.opt)
+    model.epoch = 1
+    model.optimizers[0].step()  # (no gradients: a no-op step, as in an epoch)
+    assert model.update_learning_rate() == 0.0  # the 1-epoch schedule has ended
+    model.save_networks(1)
+    longer = _TinyModel(_tiny_opt(tmp_path, 3, True))
+    longer.setup(longer.opt)
+    assert longer.opt.epoch_count == 2
+    assert longer.optimizers[0].param_groups[0]["lr"] == 1e-3  # epoch 2 of 3: full lr
