@@ -165,7 +165,8 @@ class Visualizer:
         ax.set_ylabel("loss")
         ax.set_yscale("symlog", linthresh=1e-2)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
+        if self.history.get("keys"):  # the untrained model's validation comes before any loss
+            ax.legend(fontsize=7, ncol=2)
         epochs = [row["epoch"] for row in val]
         for i, (family, keys) in enumerate(families.items()):
             vax = fig.add_subplot(grid[i % 2, 2 + i // 2])
