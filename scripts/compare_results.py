@@ -6,7 +6,9 @@
 
 ``--grading`` (folders or ``grading.json`` files of ``scripts/grade_synthesis.py``, one per
 result folder, same order) adds the Genant grading macro-F1 with synthesis to each method's
-row, and a row for the grading without synthesis (the neighbour-height baseline).
+row, a row for the grading without synthesis (the neighbour-height baseline) and, on a
+phantom root, one for perfect synthesis (RHLV from the measured healthy truth: the ceiling at
+this voxel size).
 """
 
 from __future__ import annotations
@@ -69,10 +71,13 @@ def table_rows(
         rows.append(("trivial fill", fill))
         if "const_rhdr" in m:
             rows.append(("constant height", {"rhdr_head": m["const_rhdr"]["mean"]}))
-    if gradings and gradings[0].get("baseline"):
-        rows.append(
-            ("no synthesis (nb ratio)", {"grading_f1": gradings[0]["baseline"]["macro_f1"]})
-        )
+    if gradings:
+        for key, label in (
+            ("baseline", "no synthesis (nb ratio)"),
+            ("oracle_measured", "healthy truth (oracle)"),
+        ):
+            if gradings[0].get(key):
+                rows.append((label, {"grading_f1": gradings[0][key]["macro_f1"]}))
     return rows
 
 

@@ -88,10 +88,12 @@ def test_compare_results_grading_column(tmp_path, capsys):
         "grades": {"0": 8, "1": 2, "2": 2},
         "rhlv": {"macro_f1": 0.812, "folds": 2},
         "baseline": {"macro_f1": 0.634, "folds": 2},
+        "oracle_measured": {"macro_f1": 0.9, "folds": 2},
     }
     rows = table_rows([summary], [grading])
     assert rows[0][1]["grading_f1"] == 0.812
-    assert rows[-1] == ("no synthesis (nb ratio)", {"grading_f1": 0.634})
+    assert rows[-2] == ("no synthesis (nb ratio)", {"grading_f1": 0.634})
+    assert rows[-1] == ("healthy truth (oracle)", {"grading_f1": 0.9})
     with pytest.raises(ValueError, match="1 result folders"):
         table_rows([summary], [grading, grading])
     (tmp_path / "res").mkdir()
