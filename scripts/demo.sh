@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole job on the embedded phantom data set, on the CPU, on a demo budget:
 # install (once), generate the phantom set, train the GAN and the diffusion generator briefly,
-# evaluate both on the test split and print one comparison table.
+# evaluate both on the test split, grade the fractures with and without synthesis and print
+# one comparison table.
 # A demo budget is far from a converged model: see docs/BENCHMARKS.md for longer runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,11 +23,11 @@ run() {  # run LOGNAME CMD...: keep the console short, show the log's tail on fa
     "$@" > "$log" 2>&1 || { tail -25 "$log"; echo "[demo] failed: see $log" >&2; exit 1; }
 }
 
-echo "[demo] 1/5 phantom data set: 20 patients at ${SIZE} px -> $ROOT"
+echo "[demo] 1/6 phantom data set: 20 patients at ${SIZE} px -> $ROOT"
 run phantom "$PY" scripts/make_phantom.py --out "$ROOT" --n_patients 20 --img_size "$SIZE" \
     --seed 0 --overwrite --quiet
 
-echo "[demo] 2/5 Grad-CAM++ heatmaps: fracture classifier, then maps replacing the provisional ones"
+echo "[demo] 2/6 Grad-CAM++ heatmaps: fracture classifier, then maps replacing the provisional ones"
 run classifier "$PY" scripts/train_classifier.py --dataroot "$ROOT" --img_size "$SIZE" --epochs 10 \
     --out checkpoints/demo_classifier/classifier.pth --gpu_ids -1 --quiet
 run heatmaps "$PY" scripts/make_heatmaps.py --dataroot "$ROOT" \
@@ -41,23 +42,34 @@ for group in ("fractured", "normal"):
           f"chance (n={r['n']})")
 PYEOF
 
-echo "[demo] 3/5 training the GAN generator (${EPOCHS}+${DECAY} epochs, demo budget)"
+echo "[demo] 3/6 training the GAN generator (${EPOCHS}+${DECAY} epochs, demo budget)"
 run train_gan "$PY" train.py "${COMMON[@]}" --name demo_gan --netG_type gan \
     --n_epochs "$EPOCHS" --n_epochs_decay "$DECAY" --save_epoch_freq 100 --print_freq 200
 
-echo "[demo] 4/5 training the diffusion generator (${EPOCHS}+${DECAY} epochs, demo budget)"
+echo "[demo] 4/6 training the diffusion generator (${EPOCHS}+${DECAY} epochs, demo budget)"
 run train_diffusion "$PY" train.py "${COMMON[@]}" --name demo_diffusion --netG_type diffusion \
     --n_epochs "$EPOCHS" --n_epochs_decay "$DECAY" --save_epoch_freq 100 --print_freq 200
 
-echo "[demo] 5/5 evaluating both on the test split"
+echo "[demo] 5/6 evaluating both on the test split"
 run test_gan "$PY" test.py "${COMMON[@]}" --name demo_gan --netG_type gan --results_dir results
 run test_diffusion "$PY" test.py "${COMMON[@]}" --name demo_diffusion --netG_type diffusion \
     --results_dir results --num_inference_steps "$STEPS"
 
+echo "[demo] 6/6 Genant grading: whole val+test vertebrae synthesised, RHLV vs neighbour heights"
+for G in gan diffusion; do
+    run "synthesis_$G" "$PY" scripts/synthesize_volume.py "${COMMON[@]}" --name "demo_$G" \
+        --netG_type "$G" --results_dir results --phase all_eval --num_inference_steps "$STEPS" \
+        --out "results/demo_$G/synthesis_all_eval"
+    run "grading_$G" "$PY" scripts/grade_synthesis.py --dataroot "$ROOT" --phase all_eval \
+        --synthesis "results/demo_$G/synthesis_all_eval" --out "results/demo_$G/grading_all_eval"
+done
+
 echo
-echo "Phantom test split, ${SIZE} px, demo budget ($(( $(date +%s) - start )) s in all):"
-"$PY" scripts/compare_results.py results/demo_gan/test_latest results/demo_diffusion/test_latest
+echo "Phantom, ${SIZE} px, images scored on the test split, demo budget ($(( $(date +%s) - start )) s in all):"
+"$PY" scripts/compare_results.py results/demo_gan/test_latest results/demo_diffusion/test_latest \
+    --grading results/demo_gan/grading_all_eval results/demo_diffusion/grading_all_eval
 echo
 echo "HTML reports:"
 echo "  training:   checkpoints/demo_gan/web/index.html  checkpoints/demo_diffusion/web/index.html"
 echo "  evaluation: results/demo_gan/test_latest/index.html  results/demo_diffusion/test_latest/index.html"
+echo "  grading:    results/demo_gan/grading_all_eval/  results/demo_diffusion/grading_all_eval/ (confusion matrices)"
