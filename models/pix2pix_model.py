@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -40,6 +41,9 @@ from models.losses import (
     two_stage_l1_loss,
 )
 from models.shrm import restored_height_rows, shrm_compose
+
+#: Visuals with values in [0, 1]; the others (CT) are in [-1, 1].
+UNIT_RANGE_VISUALS = frozenset({"mask", "fine_seg", "vert_mask", "cam"})
 
 
 class Pix2PixModel(BaseModel):
@@ -284,6 +288,14 @@ class Pix2PixModel(BaseModel):
     # ------------------------------------------------------------------ state
     def compute_visuals(self) -> None:
         self.fake_B = self.fake_B.detach()
+
+    def get_current_visuals(self) -> OrderedDict[str, torch.Tensor]:
+        """Visuals in the CT range [-1, 1]: masks, segmentations and the CAM (in [0, 1]) are
+        mapped to it, so that their background is black in the report like the CT's air."""
+        return OrderedDict(
+            (name, v * 2 - 1 if name in UNIT_RANGE_VISUALS else v)
+            for name, v in super().get_current_visuals().items()
+        )
 
     def eval(self) -> None:
         super().eval()

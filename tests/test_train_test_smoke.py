@@ -3,6 +3,7 @@
 import csv
 import json
 
+import matplotlib.pyplot as plt
 import pytest
 import torch
 
@@ -75,6 +76,9 @@ def test_train_resume_and_test(root, tmp_path, netg):
         "web/images/loss_curve.png",
     ):
         assert (run / name).is_file(), name
+    # [0, 1] visuals (masks) are shown on the CT's scale: background black, not mid-grey
+    mask_png = plt.imread(run / "web" / "images" / "epoch001_mask.png")
+    assert mask_png.min() == 0.0 and mask_png.max() == 1.0
     first = load_checkpoint(run / "latest_checkpoint.pth")
     assert first["epoch"] == 1 and first["total_iters"] == 3
     assert set(first["networks"]) == {"G", "D"} and len(first["optimizers"]) == 2
