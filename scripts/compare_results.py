@@ -2,7 +2,7 @@
 
     python scripts/compare_results.py results/demo_gan/test_latest \
         results/demo_diffusion/test_latest \
-        [--grading results/demo_gan/grading_test results/demo_diffusion/grading_test]
+        [--grading results/demo_gan/grading_all_eval results/demo_diffusion/grading_all_eval]
 
 ``--grading`` (folders or ``grading.json`` files of ``scripts/grade_synthesis.py``, one per
 result folder, same order) adds the Genant grading macro-F1 with synthesis to each method's

@@ -276,7 +276,10 @@ def test_grade_synthesis_failures_count_against_the_synthesis(tmp_path):
     assert result["rhlv"]["macro_f1"] < 1.0  # the missed fracture costs the RHLV classifier
     # no synthesised label of the phase at all: a usage error, not 19 failures
     (tmp_path / "empty" / "label").mkdir(parents=True)
-    with pytest.raises(FileNotFoundError, match="no synthesised label"):
+    with (
+        pytest.warns(UserWarning, match="left out of the grading"),
+        pytest.raises(FileNotFoundError, match="no synthesised label"),
+    ):
         GS.run(root, tmp_path / "empty", tmp_path / "out2")
 
 
