@@ -170,17 +170,17 @@ class Visualizer:
         epochs = [row["epoch"] for row in val]
         for i, (family, keys) in enumerate(families.items()):
             vax = fig.add_subplot(grid[i % 2, 2 + i // 2])
-            for key in keys:  # baselines dashed, without markers
+            values = np.array([[row.get(k, np.nan) for k in keys] for row in val], dtype=float)
+            for key, column in zip(keys, values.T, strict=True):  # baselines dashed, no markers
                 baseline = key.removeprefix("val_").startswith(BASELINE_PREFIXES)
                 vax.plot(
                     epochs,
-                    [row.get(key, np.nan) for row in val],
+                    column,
                     linestyle="--" if baseline else "-",
                     marker=None if baseline else "o",
                     markersize=3,
                     label=key.removeprefix("val_"),
                 )
-            values = np.array([[row.get(k, np.nan) for k in keys] for row in val], dtype=float)
             positive = values[np.isfinite(values) & (values > 0)]
             if positive.size and (values[np.isfinite(values)] >= 0).all():
                 lo, hi = float(positive.min()), float(positive.max())
