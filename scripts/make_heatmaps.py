@@ -50,7 +50,7 @@ from data.vertebra_dataset import split_key, volume_to_slices  # noqa: E402
 from models.fracture_classifier import FRACTURED, FractureClassifier  # noqa: E402
 from scripts.train_classifier import central_slices, read_split  # noqa: E402
 from util.checkpoint import load_checkpoint  # noqa: E402
-from util.misc import resolve_device  # noqa: E402
+from util.misc import add_device_options, device_from_options  # noqa: E402
 from util.nifti_io import load_nifti, save_nifti  # noqa: E402
 
 
@@ -264,13 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out_dir", default=None, help="output folder (default: <dataroot>/heatmap)")
     p.add_argument("--img_size", type=int, default=None, help="check: must match the classifier")
     p.add_argument("--batch_size", type=int, default=64, help="slices per Grad-CAM++ pass")
-    p.add_argument("--gpu_ids", default="auto", help="CUDA id, -1 for CPU; auto = CUDA if present")
-    p.add_argument(
-        "--num_threads",
-        type=int,
-        default=0,
-        help="torch CPU threads (0: torch default; 1 is fastest on a busy machine)",
-    )
+    add_device_options(p)
     p.add_argument(
         "--evaluate",
         default=None,
@@ -284,11 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.num_threads < 0:
-            raise ValueError(f"--num_threads must be >= 0, got {args.num_threads}")
-        if args.num_threads:
-            torch.set_num_threads(args.num_threads)
-        device, _ = resolve_device(args.gpu_ids)
+        device = device_from_options(args)
         written = make_heatmaps(
             args.dataroot,
             args.classifier,

@@ -53,7 +53,7 @@ from data.vertebra_dataset import load_splits, split_key, volume_to_slices  # no
 from data.vertebra_geometry import central_range  # noqa: E402
 from models.fracture_classifier import FractureClassifier  # noqa: E402
 from util.checkpoint import capture_rng_state, save_checkpoint  # noqa: E402
-from util.misc import resolve_device, seed_everything  # noqa: E402
+from util.misc import add_device_options, device_from_options, seed_everything  # noqa: E402
 from util.nifti_io import load_nifti  # noqa: E402
 
 
@@ -288,13 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no_augment", action="store_true", help="no shift/intensity augmentation")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--gpu_ids", default="auto", help="CUDA id, -1 for CPU; auto = CUDA if present")
-    p.add_argument(
-        "--num_threads",
-        type=int,
-        default=0,
-        help="torch CPU threads (0: torch default; 1 is fastest on a busy machine)",
-    )
+    add_device_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -313,11 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(
                 f"--widths must be comma-separated integers, got {args.widths!r}"
             ) from None
-        if args.num_threads < 0:
-            raise ValueError(f"--num_threads must be >= 0, got {args.num_threads}")
-        if args.num_threads:
-            torch.set_num_threads(args.num_threads)
-        device, _ = resolve_device(args.gpu_ids)
+        device = device_from_options(args)
         seed_everything(args.seed)
         model = FractureClassifier(img_size=args.img_size, widths=widths, n_pool=args.n_pool).to(
             device

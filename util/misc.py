@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import random
 
 import numpy as np
@@ -37,6 +38,30 @@ def resolve_device(gpu_ids: str | list[int]) -> tuple[str, list[int]]:
             f"--gpu_ids {gpu_ids}: only {torch.cuda.device_count()} CUDA device(s) present"
         )
     return (f"cuda:{ids[0]}" if ids else "cpu"), ids
+
+
+def add_device_options(parser: argparse.ArgumentParser) -> None:
+    """``--gpu_ids`` and ``--num_threads`` of the stand-alone tools (train.py and test.py
+    have theirs in ``options/``)."""
+    parser.add_argument(
+        "--gpu_ids", default="auto", help="CUDA id, -1 for CPU; auto = CUDA if present"
+    )
+    parser.add_argument(
+        "--num_threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (0: torch default; 1 is fastest on a busy machine)",
+    )
+
+
+def device_from_options(args: argparse.Namespace) -> str:
+    """Apply ``--num_threads`` and return the device of ``--gpu_ids`` (the options of
+    :func:`add_device_options`)."""
+    if args.num_threads < 0:
+        raise ValueError(f"--num_threads must be >= 0, got {args.num_threads}")
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    return resolve_device(args.gpu_ids)[0]
 
 
 def seed_everything(seed: int) -> None:
