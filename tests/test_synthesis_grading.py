@@ -289,3 +289,60 @@ def test_phase_without_vertebrae_is_an_error(phantom, tmp_path):
     with pytest.raises(ValueError, match="no vertebra in the split"):
         SV.datasets_for(opt, args.phase)
     assert [d.phase for d in SV.datasets_for(opt, "all")] == ["train"]  # empty splits left out
+
+
+def _ceiling_root(root, n_patients: int = 40):
+    """heights.json + vertebra_data.json: T12-L3 (19-22) per patient, healthy thirds 25 mm x
+    a per-vertebra factor in [0.97, 1.03]; one fracture in 2 of 3 patients (grade cycles 1-3,
+    loss 22 / 32 / 45 % on all thirds), at L1 (20) or L2 (21), so some normals have a
+    fractured neighbour."""
+    rng = np.random.default_rng(0)
+    truth, test = {}, {}
+    for p in range(n_patients):
+        g, fractured = 1 + p % 3, (20, 21)[p % 2] if p % 3 else None
+        for vid in (19, 20, 21, 22):
+            h = 25.0 * (1 + rng.uniform(-0.03, 0.03))
+            grade_ = g if vid == fractured else 0
+            loss = {0: 0.0, 1: 0.22, 2: 0.32, 3: 0.45}[grade_]
+            key = f"p{p:02d}_{vid}"
+            truth[key] = {
+                "grade": grade_,
+                "healthy": {f"{t}_mm": h for t in ("anterior", "middle", "posterior")},
+                "fractured": {
+                    f"{t}_mm": h * (1 - loss) for t in ("anterior", "middle", "posterior")
+                },
+            }
+            test[key] = grade_
+    (root / "heights.json").write_text(json.dumps(truth), encoding="utf-8")
+    (root / "vertebra_data.json").write_text(json.dumps({"test": test}), encoding="utf-8")
+    return root
+
+
+def test_grading_ceiling_rows(tmp_path, capsys):
+    from scripts import grading_ceiling as GC
+
+    root = _ceiling_root(tmp_path)
+    out = tmp_path / "ceiling.json"
+    argv = f"--dataroot {root} --phase test --noise 0 30 --repeats 2 --out {out}".split()
+    assert GC.main(argv) == 0
+    assert "perfect synthesis" in capsys.readouterr().out
+    rows = json.loads(out.read_text(encoding="utf-8"))["rows"]
+    perfect, nb, nb_h = (
+        rows["perfect synthesis"],
+        rows["neighbour ratio"],
+        rows["neighbour ratio, healthy neighbours"],
+    )
+    assert perfect["macro_f1"] == 1.0 and perfect["height_error_pct"] == 0.0
+    assert rows["synthesis with 0 % error"]["macro_f1"] == 1.0  # zero noise = perfect
+    assert rows["synthesis with 30 % error"]["macro_f1"] < 0.8  # noise as large as the losses
+    # fractured neighbours bias the plain neighbour mean; healthy neighbours remove that
+    assert nb_h["height_error_pct"] < nb["height_error_pct"] <= 100
+    assert 0 < nb_h["height_error_pct"] < 6  # two 3 % draws of the neighbours vs the target's
+
+
+def test_grading_ceiling_needs_a_phantom_root(tmp_path):
+    from scripts import grading_ceiling as GC
+
+    (tmp_path / "vertebra_data.json").write_text('{"test": {"p_20": 0}}', encoding="utf-8")
+    with pytest.raises(FileNotFoundError, match="heights.json"):
+        GC.run(tmp_path, "test", [1.0])
