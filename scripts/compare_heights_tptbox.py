@@ -147,9 +147,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ours, skipped = measure_all(seg, affine, body=body, label_map=args.label_map)
     for name, reason in skipped.items():
         print(f"warning: {name} not measured by util.heights: {reason}", file=sys.stderr)
+    try:
+        reference = tptbox_heights(seg, affine, body, args.label_map)
+    except ImportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     result = compare(  # the sacrum has no six-point morphometry: vertebrae only
-        {n: h.as_array() for n, h in ours.items() if n != "S1"},
-        tptbox_heights(seg, affine, body, args.label_map),
+        {n: h.as_array() for n, h in ours.items() if n != "S1"}, reference
     )
     print(markdown(result, float(np.max(nib.affines.voxel_sizes(affine)))))
     if args.out:

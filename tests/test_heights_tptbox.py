@@ -77,3 +77,24 @@ def test_totalseg_example_agrees_with_tptbox(tmp_path, capsys):
     assert diffs.mean() <= 2.0, diffs
     assert diffs.max() <= 4.5, diffs  # one and a half 3 mm voxels
     assert (diffs <= 3.0).sum() >= 12, diffs
+
+
+def test_missing_tptbox_is_one_clear_error(tmp_path, monkeypatch, capsys):
+    import builtins
+
+    from util.nifti_io import save_nifti
+
+    seg, body = _synthetic_spine()
+    save_nifti(tmp_path / "seg.nii.gz", seg, np.eye(4))
+    save_nifti(tmp_path / "body.nii.gz", body, np.eye(4))
+    real_import = builtins.__import__
+
+    def no_tptbox(name, *args, **kwargs):
+        if name.startswith("TPTBox"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tptbox)
+    argv = f"--seg {tmp_path / 'seg.nii.gz'} --body {tmp_path / 'body.nii.gz'}".split()
+    assert C.main(argv) == 2
+    assert "requirements-dev.txt" in capsys.readouterr().err
