@@ -83,7 +83,9 @@ def _as_dict(h: np.ndarray) -> dict[str, float]:
     return {f"{t}_mm": round(float(v), 3) for t, v in zip(THIRDS, h, strict=True)}
 
 
-def _from_dict(d: Mapping[str, float]) -> np.ndarray:
+def thirds_array(d: Mapping[str, float]) -> np.ndarray:
+    """(3,) anterior/middle/posterior heights of a ``{"anterior_mm": ..., ...}`` record (the
+    heights-table and ``heights.json`` format)."""
     return np.array([float(d[f"{t}_mm"]) for t in THIRDS])
 
 
@@ -205,9 +207,9 @@ def table_from_records(records: Mapping[str, Any]) -> HeightsTable:
     return HeightsTable(
         ids=ids,
         grades=np.array([records[k]["grade"] for k in ids]),
-        original=np.array([_from_dict(records[k]["original"]) for k in ids]),
-        synthesised=np.array([_from_dict(records[k]["synthesised"]) for k in ids]),
-        neighbours=np.array([_from_dict(records[k]["neighbours"]) for k in ids]),
+        original=np.array([thirds_array(records[k]["original"]) for k in ids]),
+        synthesised=np.array([thirds_array(records[k]["synthesised"]) for k in ids]),
+        neighbours=np.array([thirds_array(records[k]["neighbours"]) for k in ids]),
     )
 
 
@@ -224,8 +226,8 @@ def _oracles(records: Mapping[str, Any], out_dir: Path, seed: int) -> dict[str, 
     ):
         if not ids or not all(syn_key in records[k] for k in ids):
             continue  # not a phantom root, or a fractured vertebra without its healthy label
-        ori = np.array([_from_dict(records[k][ori_key]) for k in ids])
-        syn = np.array([_from_dict(records[k][syn_key]) for k in ids])
+        ori = np.array([thirds_array(records[k][ori_key]) for k in ids])
+        syn = np.array([thirds_array(records[k][syn_key]) for k in ids])
         out[name] = grade(rhlv_features(ori, syn), y, seed, feature_names=names)
         save_confusion_png(out[name], out_dir / f"confusion_matrix_{name}.png", title)
     return out

@@ -34,15 +34,11 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-from scripts.grade import THIRDS, grade, rhlv_features  # noqa: E402
-from scripts.grade_synthesis import neighbour_ids, phase_grades  # noqa: E402
+from scripts.grade import grade, rhlv_features  # noqa: E402
+from scripts.grade_synthesis import neighbour_ids, phase_grades, thirds_array  # noqa: E402
 from scripts.synthesize_volume import PHASES  # noqa: E402
 from util.cli import run_main  # noqa: E402
 from util.io import write_json_atomic  # noqa: E402
-
-
-def _thirds(entry: Mapping[str, float]) -> np.ndarray:
-    return np.array([float(entry[f"{t}_mm"]) for t in THIRDS])
 
 
 def ceiling_features(
@@ -60,10 +56,10 @@ def ceiling_features(
         nbs = [f"{patient}_{n}" for n in neighbour_ids(by_patient[patient], int(vid))]
         if not nbs:
             raise ValueError(f"{k}: no neighbour of it in heights.json")
-        ori.append(_thirds(truth[k]["fractured"]))
-        healthy.append(_thirds(truth[k]["healthy"]))
-        nb.append(np.mean([_thirds(truth[n]["fractured"]) for n in nbs], axis=0))
-        nb_healthy.append(np.mean([_thirds(truth[n]["healthy"]) for n in nbs], axis=0))
+        ori.append(thirds_array(truth[k]["fractured"]))
+        healthy.append(thirds_array(truth[k]["healthy"]))
+        nb.append(np.mean([thirds_array(truth[n]["fractured"]) for n in nbs], axis=0))
+        nb_healthy.append(np.mean([thirds_array(truth[n]["healthy"]) for n in nbs], axis=0))
     o = np.array(ori)
     return {
         "neighbour ratio": (o, np.array(nb)),
