@@ -36,10 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts.grade import THIRDS  # noqa: E402
 from util.cli import run_main  # noqa: E402
-from util.heights import measure_all  # noqa: E402
+from util.heights import load_seg_and_body, measure_all  # noqa: E402
 from util.io import write_json_atomic  # noqa: E402
 from util.labels import LABEL_MAP_NAMES, VERSE_ID_TO_NAME, totalseg_to_verse  # noqa: E402
-from util.nifti_io import load_nifti  # noqa: E402
 
 #: TPTBox subregion ids (its ``Location`` enum): the body, and everything else of a vertebra.
 CORPUS, ARCUS = 49, 41
@@ -140,10 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", help="optional JSON file of the comparison")
     args = parser.parse_args(argv)
 
-    seg, affine, _ = load_nifti(args.seg)
-    body, body_affine, _ = load_nifti(args.body)
-    if body.shape != seg.shape or not np.allclose(body_affine, affine, atol=1e-3):
-        raise ValueError(f"{args.body} is not on the grid of {args.seg}")
+    seg, affine, body = load_seg_and_body(args.seg, args.body)
     ours, skipped = measure_all(seg, affine, body=body, label_map=args.label_map)
     for name, reason in skipped.items():
         print(f"warning: {name} not measured by util.heights: {reason}", file=sys.stderr)

@@ -197,3 +197,15 @@ def test_label_maps():
         LB.totalseg_to_verse(5)
     with pytest.raises(ValueError, match="label_map"):
         LB.id_to_name(20, "verse2020")
+
+
+def test_body_mask_off_the_label_grid_is_an_error_naming_it(tmp_path):
+    save_nifti(tmp_path / "seg.nii.gz", _box_ipl().astype(np.uint8) * 20, ipl_affine(1.0))
+    save_nifti(tmp_path / "small.nii.gz", np.ones((4, 4, 4), np.uint8), ipl_affine(1.0))
+    save_nifti(tmp_path / "moved.nii.gz", _box_ipl().astype(np.uint8), ipl_affine(2.0))
+    seg = str(tmp_path / "seg.nii.gz")
+    with pytest.raises(ValueError, match="small.nii.gz has shape"):
+        H.load_seg_and_body(seg, str(tmp_path / "small.nii.gz"))
+    with pytest.raises(ValueError, match="moved.nii.gz and .*seg.nii.gz have different affines"):
+        H.load_seg_and_body(seg, str(tmp_path / "moved.nii.gz"))
+    assert H.load_seg_and_body(seg, None)[2] is None

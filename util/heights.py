@@ -339,6 +339,22 @@ def measure_all(
     return heights, skipped
 
 
+def load_seg_and_body(
+    seg_path: str, body_path: str | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """A label volume, its affine and, when ``body_path`` is given, the body mask, checked to
+    lie on the label's grid (``ValueError`` naming both files otherwise)."""
+    seg, affine, _ = load_nifti(seg_path)
+    if not body_path:
+        return seg, affine, None
+    body, body_affine, _ = load_nifti(body_path)
+    if body.shape != seg.shape:
+        raise ValueError(f"{body_path} has shape {body.shape}, {seg_path} has {seg.shape}")
+    if not np.allclose(body_affine, affine, atol=1e-3):
+        raise ValueError(f"{body_path} and {seg_path} have different affines")
+    return seg, affine, body
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m util.heights",
@@ -352,14 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output JSON path")
     args = parser.parse_args(argv)
 
-    seg, affine, _ = load_nifti(args.seg)
-    body = None
-    if args.body:
-        body, body_affine, _ = load_nifti(args.body)
-        if body.shape != seg.shape:
-            raise ValueError(f"{args.body} has shape {body.shape}, {args.seg} has {seg.shape}")
-        if not np.allclose(body_affine, affine, atol=1e-3):
-            raise ValueError(f"{args.body} and {args.seg} have different affines")
+    seg, affine, body = load_seg_and_body(args.seg, args.body)
     try:
         heights, skipped = measure_all(
             seg,
