@@ -11,13 +11,13 @@ import diffusers  # test-only oracle, installed from requirements-dev.txt
 import pytest
 import torch
 
-from data.base_dataset import band_rows
 from data.phantom import generate_dataset
 from data.vertebra_dataset import VertebraDataset
 from models import find_generator
 from models.generator_base import GeneratorInput, GeneratorOutput
 from models.noise_scheduler import DDPMScheduler
 from options.train_options import TrainOptions
+from util.geometry import band_rows
 
 
 def _inputs(batch: int, size: int, seed: int = 0) -> tuple[GeneratorInput, torch.Tensor]:

@@ -17,7 +17,6 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from data.base_dataset import CT_WINDOW_HU, REFERENCE_SIZE
 from data.phantom_render import (
     SHAPE_PROPORTIONS,
     crop_vertebra,
@@ -26,6 +25,7 @@ from data.phantom_render import (
     sample_patient_params,
     window_to_uint8,
 )
+from util.geometry import CT_WINDOW_HU, REFERENCE_SIZE
 from util.io import write_json_atomic
 from util.nifti_io import ipl_affine, save_nifti
 

@@ -36,18 +36,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.base_dataset import BaseDataset, band_px
+from data.base_dataset import BaseDataset
 from data.vertebra_geometry import (
     build_slice_sample,
     central_range,
     pyramid_weights,
     vertebra_rows,
 )
+from util.geometry import SPLIT_FILE, band_px, split_key, volume_path
 from util.nifti_io import NiftiError, load_nifti
 
 VERT_CLASSES = ("normal", "abnormal", "all")
 SLICE_MODES = ("random", "all")
-SPLIT_FILE = "vertebra_data.json"
 
 
 # ----------------------------------------------------------------------------- volumes
@@ -150,14 +150,6 @@ class VertebraInfo:
     probs: np.ndarray  # (n,) float64 sampling probabilities of ``valid``
     ratios: np.ndarray  # (n,) float64 slice_ratio of ``valid``
     label_ids: tuple[int, ...]  # non-zero label ids present in the volume
-
-
-def split_key(key: str) -> tuple[str, int]:
-    """``"<pid>_<vid>"`` -> ``(pid, vid)``, split at the last ``_``."""
-    pid, sep, vid = key.rpartition("_")
-    if not sep or not pid or not vid.isdigit():
-        raise ValueError(f"vertebra id {key!r} is not of the form <pid>_<label id>")
-    return pid, int(vid)
 
 
 def load_splits(dataroot: str | Path) -> dict[str, dict[str, int]]:
@@ -320,9 +312,8 @@ class VertebraDataset(BaseDataset):
 
     def _paths(self, key: str, healthy: bool) -> tuple[Path, Path, Path | None]:
         ct_dir, label_dir = ("healthy_CT", "healthy_label") if healthy else ("CT", "label")
-        name = f"{key}.nii.gz"
-        cam = self.root / "heatmap" / name if self.use_cam else None
-        return self.root / ct_dir / name, self.root / label_dir / name, cam
+        cam = volume_path(self.root, "heatmap", key) if self.use_cam else None
+        return volume_path(self.root, ct_dir, key), volume_path(self.root, label_dir, key), cam
 
     def _index(self, key: str, healthy: bool) -> VertebraInfo:
         """Check the files of ``key`` and scan its label for valid slices."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from data.base_dataset import band_px, band_rows, centred_rows
+from util.geometry import band_px, band_rows, centred_rows
 
 
 def vertebra_rows(label_slice: np.ndarray, vid: int) -> tuple[int, int] | None:

@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from data.base_dataset import band_px, scaled_px
 from models.generator_base import (
     Generator,
     GeneratorInput,
@@ -29,6 +28,7 @@ from models.generator_base import (
 )
 from models.noise_scheduler import BETA_SCHEDULES, PREDICTION_TYPES, DDPMScheduler
 from models.sampling import DenoiserOutput, compose, ddim_inpaint
+from util.geometry import band_px, scaled_px
 
 #: Input channels of the U-Net: x_t, masked CT, band mask, inverted CAM.
 IN_CHANNELS = 4

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from data.base_dataset import centred_rows, d3_band_px
+from util.geometry import centred_rows, d3_band_px
 
 GanMode = Literal["lsgan", "vanilla", "hinge"]
 NormType = Literal["batch", "instance", "none"]

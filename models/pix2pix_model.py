@@ -17,7 +17,6 @@ import torch
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel
 
-from data.base_dataset import band_px
 from models.base_model import BaseModel, OptionSetter
 from models.discriminators import (
     GANLoss,
@@ -41,6 +40,7 @@ from models.losses import (
     two_stage_l1_loss,
 )
 from models.shrm import restored_height_rows, shrm_compose
+from util.geometry import band_px
 
 #: Visuals with values in [0, 1]; the others (CT) are in [-1, 1].
 UNIT_RANGE_VISUALS = frozenset({"mask", "fine_seg", "vert_mask", "cam"})

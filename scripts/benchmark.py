@@ -39,13 +39,13 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import ConcatDataset, DataLoader  # noqa: E402
 
-from data.base_dataset import band_px, band_rows  # noqa: E402
 from data.phantom import generate_dataset  # noqa: E402
 from data.vertebra_dataset import VertebraDataset  # noqa: E402
 from data.vertebra_geometry import central_range  # noqa: E402
 from models.generator_base import GeneratorInput  # noqa: E402
 from models.pix2pix_model import Pix2PixModel  # noqa: E402
 from options.train_options import TrainOptions  # noqa: E402
+from util.geometry import band_px, band_rows  # noqa: E402
 from util.io import write_json_atomic  # noqa: E402
 from util.misc import resolve_device  # noqa: E402
 

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tqdm import tqdm  # noqa: E402
 
+from util.geometry import split_key  # noqa: E402
 from util.nifti_io import NiftiError, load_nifti  # noqa: E402
 
 SPLITS = ("train", "val", "test")
@@ -112,15 +113,11 @@ def read_index(root: Path, problems: list[Problem]) -> dict[str, dict]:
 def check_volume(root: Path, vid: str, problems: list[Problem], info: VolumeInfo) -> None:
     """Check the three files of one id; append problems and fill ``info``."""
     start = len(problems)
-    pid, sep, num = vid.rpartition("_")
     vert = None
-    if not sep or not pid:
-        problems.append(Problem(vid, "id must be '<pid>_<vertebra id>'"))
-    else:
-        try:
-            vert = int(num)
-        except ValueError:
-            problems.append(Problem(vid, f"vertebra id {num!r} in the name is not an integer"))
+    try:
+        _, vert = split_key(vid)
+    except ValueError as exc:
+        problems.append(Problem(vid, str(exc)))
     loaded = {}
     for folder in FOLDERS:
         got = _load(root / folder / f"{vid}.nii.gz", vid, problems)

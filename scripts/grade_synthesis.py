@@ -66,8 +66,8 @@ from scripts.grade import (  # noqa: E402
     run_grading,
     save_confusion_png,
 )
-from scripts.synthesize_volume import PHASES  # noqa: E402
 from util.cli import run_main  # noqa: E402
+from util.geometry import PHASES, split_key, volume_path  # noqa: E402
 from util.heights import measure_heights  # noqa: E402
 from util.io import write_json_atomic  # noqa: E402
 from util.nifti_io import load_nifti  # noqa: E402
@@ -124,8 +124,8 @@ def vertebra_record(
     ``synthesised`` is then set to ``original`` (RHLV 0, "no height loss found") and
     ``synthesis_failed`` gives the reason, so the synthesis is charged for it.
     """
-    vid = int(key.rpartition("_")[2])
-    label, affine, _ = load_nifti(dataroot / "label" / f"{key}.nii.gz")
+    _, vid = split_key(key)
+    label, affine, _ = load_nifti(volume_path(dataroot, "label", key))
     try:
         ori = label_heights(label, affine, vid, frame)
     except ValueError as exc:

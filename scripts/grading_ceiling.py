@@ -36,8 +36,8 @@ if str(_ROOT) not in sys.path:
 
 from scripts.grade import grade, rhlv_features  # noqa: E402
 from scripts.grade_synthesis import neighbour_ids, phase_grades, thirds_array  # noqa: E402
-from scripts.synthesize_volume import PHASES  # noqa: E402
 from util.cli import run_main  # noqa: E402
+from util.geometry import PHASES, make_key, split_key  # noqa: E402
 from util.io import write_json_atomic  # noqa: E402
 
 
@@ -48,12 +48,12 @@ def ceiling_features(
     healthy heights of ``keys`` (ids ``<patient>_<VerSe id>`` of ``truth``, a heights.json)."""
     by_patient: dict[str, list[int]] = {}
     for k in truth:
-        patient, _, vid = k.rpartition("_")
-        by_patient.setdefault(patient, []).append(int(vid))
+        patient, vid = split_key(k)
+        by_patient.setdefault(patient, []).append(vid)
     ori, healthy, nb, nb_healthy = [], [], [], []
     for k in keys:
-        patient, _, vid = k.rpartition("_")
-        nbs = [f"{patient}_{n}" for n in neighbour_ids(by_patient[patient], int(vid))]
+        patient, vid = split_key(k)
+        nbs = [make_key(patient, n) for n in neighbour_ids(by_patient[patient], vid)]
         if not nbs:
             raise ValueError(f"{k}: no neighbour of it in heights.json")
         ori.append(thirds_array(truth[k]["fractured"]))

@@ -46,10 +46,11 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.vertebra_dataset import split_key, volume_to_slices  # noqa: E402
+from data.vertebra_dataset import volume_to_slices  # noqa: E402
 from models.fracture_classifier import FRACTURED, FractureClassifier  # noqa: E402
 from scripts.train_classifier import central_slices, read_split  # noqa: E402
 from util.checkpoint import load_checkpoint  # noqa: E402
+from util.geometry import split_key  # noqa: E402
 from util.misc import add_device_options, device_from_options  # noqa: E402
 from util.nifti_io import load_nifti, save_nifti  # noqa: E402
 

@@ -67,25 +67,16 @@ if str(_ROOT) not in sys.path:  # run as `python scripts/synthesize_volume.py` f
     sys.path.insert(0, str(_ROOT))
 
 from data import find_dataset  # noqa: E402
-from data.vertebra_dataset import SPLIT_FILE, load_splits, split_key, volume_to_slices  # noqa: E402
+from data.vertebra_dataset import load_splits, volume_to_slices  # noqa: E402
 from data.vertebra_geometry import build_slice_sample  # noqa: E402
 from models import create_model  # noqa: E402
 from options.test_options import TestOptions  # noqa: E402
 from util.cli import run_main  # noqa: E402
+from util.geometry import PHASES, SPLIT_FILE, split_key  # noqa: E402
 from util.io import write_json_atomic  # noqa: E402
 from util.nifti_io import load_nifti  # noqa: E402
 from util.volumes import write_synthesised_volumes  # noqa: E402
 
-#: ``--phase`` values and the splits of vertebra_data.json they cover. ``all_eval`` is every
-#: vertebra the model never trained on; ``all`` adds the training split (whose normal
-#: vertebrae the model has seen).
-PHASES: Mapping[str, tuple[str, ...]] = {
-    "train": ("train",),
-    "val": ("val",),
-    "test": ("test",),
-    "all_eval": ("val", "test"),
-    "all": ("train", "val", "test"),
-}
 #: Below this label agreement two volumes are not taken as crops of one spine.
 MIN_LABEL_AGREEMENT = 0.9
 #: Half width (rows) of the search around the centroid estimate of a row offset.

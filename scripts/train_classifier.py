@@ -49,10 +49,11 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.vertebra_dataset import load_splits, split_key, volume_to_slices  # noqa: E402
+from data.vertebra_dataset import load_splits, volume_to_slices  # noqa: E402
 from data.vertebra_geometry import central_range  # noqa: E402
 from models.fracture_classifier import FractureClassifier  # noqa: E402
 from util.checkpoint import capture_rng_state, save_checkpoint  # noqa: E402
+from util.geometry import split_key  # noqa: E402
 from util.misc import add_device_options, device_from_options, seed_everything  # noqa: E402
 from util.nifti_io import load_nifti  # noqa: E402
 

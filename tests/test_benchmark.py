@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from data.base_dataset import band_px, band_rows
 from models.diffusion_generator import DiffusionGenerator, crop_rows_for
 from models.gan_generator import GanGenerator
 from scripts.benchmark import (
@@ -30,6 +29,7 @@ from scripts.benchmark import (
     summarize,
     synthetic_batch,
 )
+from util.geometry import band_px, band_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_KEYS = {"A", "B", "mask", "vert_mask", "normal_vert", "CAM", "height", "x1", "x2", "h2",

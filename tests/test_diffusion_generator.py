@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-from data.base_dataset import band_rows
 from models.diffusion_generator import (
     DiffusionGenerator,
     DiffusionUNet,
@@ -18,6 +17,7 @@ from models.diffusion_generator import (
 from models.generator_base import GeneratorInput, find_generator
 from models.noise_scheduler import DDPMScheduler
 from models.sampling import DenoiserOutput, ddim_inpaint
+from util.geometry import band_rows
 
 
 def _batch(size: int = 64, b: int = 2, seed: int = 0) -> tuple[GeneratorInput, torch.Tensor]:

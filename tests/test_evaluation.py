@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from data.base_dataset import band_rows
 from scripts.compare_results import format_table, table_rows
 from scripts.compare_results import main as compare_main
 from util.evaluation import fill_baseline, mask_height
+from util.geometry import band_rows
 
 
 def test_mask_height_uses_the_largest_part():

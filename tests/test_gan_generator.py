@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from data.base_dataset import band_px, band_rows
 from models.discriminators import GANLoss, HealthiVertDiscriminators, generator_gan_loss
 from models.gan_generator import GanGenerator, contextual_attention
 from models.generator_base import GeneratorInput, GeneratorOutput
@@ -20,6 +19,7 @@ from models.losses import (
     two_stage_l1_loss,
 )
 from models.shrm import shrm_outputs
+from util.geometry import band_px, band_rows
 
 S = 64
 

@@ -9,7 +9,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from data.base_dataset import band_px
 from data.phantom import generate_dataset
 from data.phantom_render import (
     ANATOMY,
@@ -22,6 +21,7 @@ from data.phantom_render import (
     sample_patient_params,
 )
 from scripts.make_phantom import main as make_phantom_main
+from util.geometry import band_px
 from util.heights import body_heights
 
 S = 64  # img_size of the generated sets: 64 x 64 x 16 voxels at 4 mm

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from data.base_dataset import band_px, band_rows
 from models.generator_base import GeneratorOutput
 from models.shrm import restored_height_rows, shrm_compose, shrm_outputs
+from util.geometry import band_px, band_rows
 
 
 def _reference(band: torch.Tensor, ctx: torch.Tensor, ht: list[int], h2: int) -> torch.Tensor:

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-from data.base_dataset import band_px, band_rows
 from data.vertebra_dataset import VertebraDataset, volume_to_slices
 from data.vertebra_geometry import (
     build_slice_sample,
@@ -26,6 +25,7 @@ from data.vertebra_geometry import (
     pyramid_weights,
     resize_rows,
 )
+from util.geometry import band_px, band_rows
 from util.nifti_io import ipl_affine, load_nifti, save_nifti
 
 SPLITS = {

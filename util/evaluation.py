@@ -27,8 +27,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from data.base_dataset import REFERENCE_SIZE, band_rows
 from models.shrm import restored_height_rows, shrm_compose
+from util.geometry import REFERENCE_SIZE, band_rows, split_key
 from util.metrics import rhdr, slice_metrics
 
 #: The original's evaluation keeps slices with more than 400 label voxels at 256 px.
@@ -147,11 +147,11 @@ def evaluate(
             x1, x2 = int(batch["truth_x1"][j]), int(batch["truth_x2"][j])
             h_gt = float(batch["truth_height"][j])
             band = (x1, x2 + 1)
-            pid, _, vid = key.rpartition("_")
+            pid, vid = split_key(key)
             row: dict[str, Any] = {
                 "id": key,
                 "patient": pid,
-                "vertebra": int(vid),
+                "vertebra": vid,
                 "slice_index": int(batch["slice_index"][j]),
                 "slice_ratio": float(batch["slice_ratio"][j]),
                 "grade": int(batch["grade"][j]),

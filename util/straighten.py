@@ -36,7 +36,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.interpolate import CubicSpline, make_smoothing_spline
 
-from data.base_dataset import CT_WINDOW_HU
+from util.geometry import CT_WINDOW_HU
 
 #: Output volume shape (I, P, L) and spacing of the data root (ARCHITECTURE.md).
 OUT_SHAPE = (256, 256, 64)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.base_dataset import centred_rows
+from util.geometry import centred_rows, inside, split_key, volume_path
 from util.nifti_io import load_nifti, save_nifti
 
 
@@ -43,9 +43,9 @@ def write_synthesised_volumes(
     written = []
     size = dataset.img_size
     for key, by_slice in slices.items():
-        ct, affine, header = load_nifti(dataset.root / "CT" / f"{key}.nii.gz")
-        label, _, label_header = load_nifti(dataset.root / "label" / f"{key}.nii.gz")
-        vid = int(key.rpartition("_")[2])
+        ct, affine, header = load_nifti(volume_path(dataset.root, "CT", key))
+        label, _, label_header = load_nifti(volume_path(dataset.root, "label", key))
+        _, vid = split_key(key)
         ct_out, label_out = ct.copy(), label.copy()
         for k, (fake, mask) in by_slice.items():
             x1, x2 = dataset.vertebra_rows_in_slice(key, k)
@@ -65,7 +65,7 @@ def write_synthesised_volumes(
             # neighbours' input labels (whose CT context SHRM moved apart)
             lab[mask_k] = vid
         for folder, data, hdr in (("CT", ct_out, header), ("label", label_out, label_header)):
-            path = out_dir / folder / f"{key}.nii.gz"
+            path = inside(volume_path(out_dir, folder, key), out_dir)
             path.parent.mkdir(parents=True, exist_ok=True)
             save_nifti(path, data, affine, hdr)
             written.append(path)
