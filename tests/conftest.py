@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+import runpy
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from util.nifti_io import ipl_affine, save_nifti
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def synthetic_vertebra_volumes(
@@ -84,3 +88,21 @@ def vertebra_root_factory(tmp_path: Path) -> Callable[..., Path]:
 def vertebra_volumes() -> Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """:func:`synthetic_vertebra_volumes`, for tests that need the arrays themselves."""
     return synthetic_vertebra_volumes
+
+
+@pytest.fixture
+def run_script(monkeypatch: pytest.MonkeyPatch) -> Callable[[str, Sequence[object]], int]:
+    """``run(name, argv)`` runs ``scripts/<name>.py`` in this process, as
+    ``python scripts/<name>.py *argv`` would, and returns its exit status (bad input: 2, with
+    one ``error:`` line on stderr)."""
+
+    def run(name: str, argv: Sequence[object]) -> int:
+        path = REPO / "scripts" / f"{name}.py"
+        monkeypatch.setattr(sys, "argv", [str(path), *map(str, argv)])
+        try:
+            runpy.run_path(str(path), run_name="__main__")
+        except SystemExit as exc:
+            return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        return 0
+
+    return run

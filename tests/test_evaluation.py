@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from scripts.compare_results import format_table, table_rows
-from scripts.compare_results import main as compare_main
+from evaluation.compare import comparison_report, format_table, table_rows
 from util.evaluation import fill_baseline, mask_height
 from util.geometry import band_rows
 
@@ -33,7 +32,7 @@ def test_fill_baseline_fills_the_band_with_the_mean_of_its_neighbour_rows():
     assert torch.equal(out[..., : b0 - 1, :], a[..., : b0 - 1, :])
 
 
-def test_compare_results_table(tmp_path, capsys):
+def test_compare_results_table(tmp_path, capsys, run_script):
     def summary(netg, ssim):
         m = {
             k: {"mean": v}
@@ -70,12 +69,13 @@ def test_compare_results_table(tmp_path, capsys):
     for name, s in (("a", summary("gan", 0.7)), ("b", summary("diffusion", 0.8))):
         (tmp_path / name).mkdir()
         (tmp_path / name / "summary.json").write_text(json.dumps(s))
-    assert compare_main([str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert run_script("compare_results", [tmp_path / "a", tmp_path / "b"]) == 0
     assert "trivial fill" in capsys.readouterr().out
-    assert compare_main([str(tmp_path / "missing")]) == 2
+    assert run_script("compare_results", [tmp_path / "missing"]) == 2
+    assert capsys.readouterr().err.startswith("error: no summary.json")
 
 
-def test_compare_results_grading_column(tmp_path, capsys):
+def test_compare_results_grading_column(tmp_path, capsys, run_script):
     summary = {
         "netG_type": "gan",
         "steps": None,
@@ -100,7 +100,15 @@ def test_compare_results_grading_column(tmp_path, capsys):
     (tmp_path / "res" / "summary.json").write_text(json.dumps(summary))
     (tmp_path / "grading").mkdir()
     (tmp_path / "grading" / "grading.json").write_text(json.dumps(grading))
-    assert compare_main([str(tmp_path / "res"), "--grading", str(tmp_path / "grading")]) == 0
+    assert run_script("compare_results", [tmp_path / "res", "--grading", tmp_path / "grading"]) == 0
     out = capsys.readouterr().out
     assert "0.812" in out and "0.634" in out and "2-fold" in out and "12 vertebrae" in out
-    assert compare_main([str(tmp_path / "res"), "--grading", str(tmp_path / "nowhere")]) == 2
+    assert run_script("compare_results", [tmp_path / "res", "--grading", tmp_path / "nowhere"]) == 2
+    # a file without a needed key is one clear error, not a KeyError traceback
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "summary.json").write_text(json.dumps({"netG_type": "gan"}))
+    with pytest.raises(ValueError, match="'metrics'"):
+        comparison_report([tmp_path / "bad"])
+    (tmp_path / "grading" / "grading.json").write_text(json.dumps({"phase": "test"}))
+    with pytest.raises(ValueError, match="no 'rhlv' result"):
+        comparison_report([tmp_path / "res"], [tmp_path / "grading"])

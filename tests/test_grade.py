@@ -1,21 +1,15 @@
-"""scripts/grade.py: RHLV features, cross-validated SVM grading, I/O and the CLI."""
+"""evaluation/grading.py: RHLV features, cross-validated SVM grading, I/O; scripts/grade.py."""
 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-_PATH = Path(__file__).resolve().parents[1] / "scripts" / "grade.py"
-_spec = importlib.util.spec_from_file_location("grade_script", _PATH)
-G = importlib.util.module_from_spec(_spec)
-sys.modules["grade_script"] = G
-_spec.loader.exec_module(G)
+from evaluation import grading as G
 
 SCHEMA = {
     "macro_precision",
@@ -106,11 +100,11 @@ def _write_csv(path: Path, with_nb: bool = True) -> None:
             w.writerow(row)
 
 
-def test_cli_csv_writes_json_and_png(tmp_path):
+def test_cli_csv_writes_json_and_png(tmp_path, run_script):
     heights = tmp_path / "heights.csv"
     _write_csv(heights)
     out = tmp_path / "grading"
-    assert G.main(["--heights", str(heights), "--out", str(out), "--seed", "1"]) == 0
+    assert run_script("grade", ["--heights", heights, "--out", out, "--seed", "1"]) == 0
     data = json.loads((out / "grading.json").read_text())
     assert set(data) == {"rhlv", "baseline"}
     assert set(data["rhlv"]) == SCHEMA and set(data["baseline"]) == SCHEMA
@@ -138,9 +132,11 @@ def test_json_input_and_missing_neighbours(tmp_path):
     assert not (tmp_path / "out" / "confusion_matrix_baseline.png").exists()
 
 
-def test_input_errors(tmp_path):
+def test_input_errors(tmp_path, run_script, capsys):
     with pytest.raises(FileNotFoundError):
         G.load_heights_table(tmp_path / "missing.csv")
+    assert run_script("grade", ["--heights", tmp_path / "missing.csv", "--out", tmp_path]) == 2
+    assert capsys.readouterr().err.startswith("error: heights file not found")
     bad = tmp_path / "bad.csv"
     bad.write_text("id,grade,ori_a\nx,0,1\n")
     with pytest.raises(ValueError, match="missing columns"):

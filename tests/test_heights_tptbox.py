@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("TPTBox")
 
-from scripts import compare_heights_tptbox as C  # noqa: E402
+from evaluation import heights_tptbox as C  # noqa: E402
 from util.heights import measure_all  # noqa: E402
 
 TOTALSEG = Path("/work/shared/data/totalseg_example")
@@ -63,13 +63,13 @@ def test_compare_on_hand_values():
 
 
 @pytest.mark.skipif(not TOTALSEG.is_dir(), reason="shared TotalSegmentator example missing")
-def test_totalseg_example_agrees_with_tptbox(tmp_path, capsys):
+def test_totalseg_example_agrees_with_tptbox(tmp_path, capsys, run_script):
     """L1-L5 of the real scan (3 mm voxels). Limits set from the first comparison (mean
     1.6 mm, max 4.1 mm): a regression guard, docs/BENCHMARKS.md has the table."""
     out = tmp_path / "compare.json"
     seg, body = TOTALSEG / "vertebrae_labels.nii.gz", TOTALSEG / "vertebrae_body.nii.gz"
     argv = f"--seg {seg} --body {body} --label_map totalseg --out {out}".split()
-    assert C.main(argv) == 0
+    assert run_script("compare_heights_tptbox", argv) == 0
     assert "TPTBox six-point" in capsys.readouterr().out
     rows = json.loads(out.read_text(encoding="utf-8"))["vertebrae"]
     assert set(LUMBAR) <= set(rows)
@@ -79,7 +79,7 @@ def test_totalseg_example_agrees_with_tptbox(tmp_path, capsys):
     assert (diffs <= 3.0).sum() >= 12, diffs
 
 
-def test_missing_tptbox_is_one_clear_error(tmp_path, monkeypatch, capsys):
+def test_missing_tptbox_is_one_clear_error(tmp_path, monkeypatch, capsys, run_script):
     import builtins
 
     from util.nifti_io import save_nifti
@@ -96,5 +96,5 @@ def test_missing_tptbox_is_one_clear_error(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(builtins, "__import__", no_tptbox)
     argv = f"--seg {tmp_path / 'seg.nii.gz'} --body {tmp_path / 'body.nii.gz'}".split()
-    assert C.main(argv) == 2
+    assert run_script("compare_heights_tptbox", argv) == 2
     assert "requirements-dev.txt" in capsys.readouterr().err

@@ -1,5 +1,6 @@
-"""scripts/synthesize_volume.py (whole-vertebra synthesis, iterative context) and
-scripts/grade_synthesis.py (RHLV grading with vs without synthesis)."""
+"""scripts/synthesize_volume.py (whole-vertebra synthesis, iterative context),
+evaluation/synthesis_grading.py (RHLV grading with vs without synthesis) and
+evaluation/grading_ceiling.py."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ import torch
 
 from data.phantom import generate_dataset
 from data.vertebra_dataset import VertebraDataset
+from evaluation import grading_ceiling as GC
+from evaluation import synthesis_grading as GS
+from evaluation.grading import grade, load_heights_table
 from models import create_model
 from options.test_options import TestOptions
-from scripts import grade_synthesis as GS
 from scripts import synthesize_volume as SV
-from scripts.grade import grade, load_heights_table
 from util.nifti_io import ipl_affine, load_nifti, save_nifti
 
 IDS = ("phantom000_20", "phantom000_21", "phantom000_22")
@@ -216,10 +218,11 @@ def test_neighbour_ids_follow_the_spine_order():
         GS.neighbour_ids([25], 26)
 
 
-def test_grade_synthesis_known_answer(tmp_path, capsys):
+def test_grade_synthesis_known_answer(tmp_path, capsys, run_script):
     root, syn = _grading_root(tmp_path / "root")
     out = tmp_path / "grading"
-    assert GS.main(["--dataroot", str(root), "--synthesis", str(syn), "--out", str(out)]) == 0
+    argv = ["--dataroot", root, "--synthesis", syn, "--out", out]
+    assert run_script("grade_synthesis", argv) == 0
     table = json.loads((out / GS.TABLE_FILE).read_text())
     assert len(table) == 20
     rec = table["g2n1_20"]  # grade 2: 5 rows; neighbours NB_ROWS[3] = 11 rows
@@ -228,7 +231,7 @@ def test_grade_synthesis_known_answer(tmp_path, capsys):
     assert rec["neighbours"]["posterior_mm"] == 11 * SPACING
     assert rec["neighbour_ids"] == [19, 21]
     assert rec["healthy_measured"]["anterior_mm"] == 9 * SPACING
-    # the table loads with grade.py's reader
+    # the table loads with evaluation.grading's reader
     loaded = load_heights_table(out / GS.TABLE_FILE)
     assert loaded.neighbours is not None and loaded.original.shape == (20, 3)
 
@@ -240,7 +243,7 @@ def test_grade_synthesis_known_answer(tmp_path, capsys):
         assert result[key]["macro_f1"] == pytest.approx(1.0), key
         assert result[key]["folds"] == 5
     # the baseline, against neighbours whose heights do not follow the grade, does not; its
-    # result is grade.py's on the hand-built features 1 - H_ori / H_nb
+    # result is evaluation.grading's on the hand-built features 1 - H_ori / H_nb
     base = result["baseline"]
     assert base["macro_f1"] < 0.9
     ids = list(table)
@@ -266,7 +269,7 @@ def test_grade_synthesis_failures_count_against_the_synthesis(tmp_path):
     label[12:24, 16:48, 2:14] = 21
     save_nifti(root / "label" / "g0n0_20.nii.gz", label, ipl_affine(SPACING))
     with pytest.warns(UserWarning):
-        result = GS.run(root, syn, tmp_path / "out")
+        result = GS.grade_synthesis(root, syn, tmp_path / "out")
     assert set(result["skipped"]) == {"g0n0_20"} and "original" in result["skipped"]["g0n0_20"]
     assert set(result["synthesis_failed"]) == {"g3n0_20"}
     assert result["n"] == result["rhlv"]["n"] == result["baseline"]["n"] == 19
@@ -280,7 +283,7 @@ def test_grade_synthesis_failures_count_against_the_synthesis(tmp_path):
         pytest.warns(UserWarning, match="left out of the grading"),
         pytest.raises(FileNotFoundError, match="no synthesised label"),
     ):
-        GS.run(root, tmp_path / "empty", tmp_path / "out2")
+        GS.grade_synthesis(root, tmp_path / "empty", tmp_path / "out2")
 
 
 def test_phase_without_vertebrae_is_an_error(phantom, tmp_path):
@@ -318,13 +321,11 @@ def _ceiling_root(root, n_patients: int = 40):
     return root
 
 
-def test_grading_ceiling_rows(tmp_path, capsys):
-    from scripts import grading_ceiling as GC
-
+def test_grading_ceiling_rows(tmp_path, capsys, run_script):
     root = _ceiling_root(tmp_path)
     out = tmp_path / "ceiling.json"
     argv = f"--dataroot {root} --phase test --noise 0 30 --repeats 2 --out {out}".split()
-    assert GC.main(argv) == 0
+    assert run_script("grading_ceiling", argv) == 0
     assert "perfect synthesis" in capsys.readouterr().out
     rows = json.loads(out.read_text(encoding="utf-8"))["rows"]
     perfect, nb, nb_h = (
@@ -341,8 +342,8 @@ def test_grading_ceiling_rows(tmp_path, capsys):
 
 
 def test_grading_ceiling_needs_a_phantom_root(tmp_path):
-    from scripts import grading_ceiling as GC
-
     (tmp_path / "vertebra_data.json").write_text('{"test": {"p_20": 0}}', encoding="utf-8")
     with pytest.raises(FileNotFoundError, match="heights.json"):
-        GC.run(tmp_path, "test", [1.0])
+        GC.grading_ceiling(tmp_path, "test", [1.0])
+    with pytest.raises(ValueError, match="--repeats must be >= 1"):
+        GC.grading_ceiling(tmp_path, "test", [1.0], repeats=0)
