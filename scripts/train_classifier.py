@@ -6,272 +6,27 @@ CPU, --num_threads 1 is several times faster than more threads)::
     python scripts/train_classifier.py --dataroot datasets/phantom --img_size 64 --epochs 10 \
         --out checkpoints/classifier/classifier.pth
 
-Data: for every vertebra of the train split (val split for the metrics), the whole, unmasked
-sagittal slices ``CT/<key>[:, :, k]`` over the central 4/5 of the target's L-R extent
-(``data.vertebra_dataset.central_range``) where the target label is present, resized to
-``--img_size`` like the dataset does, then cut to the central ``window`` rows
-(``--window``, default 1/4 of ``S``: 64 mm of a 256 mm field, the target's body, its discs and
-the rims of its neighbours). Label: 1 (fractured) when the vertebra's grade in
-``vertebra_data.json`` is > 0, else 0.
-
-Why a row window: a whole slice of the straightened volume shows about eight vertebrae, and a
-normal target often has a fractured neighbour; with whole slices the label would depend on
-which body sits in the centre, not on what a fracture looks like (a first try on the phantom
-stayed at chance). The network is fully convolutional with global average pooling, so
-``make_heatmaps.py`` applies it to whole slices unchanged: its map then marks fractured-looking
-bone wherever it is, neighbours included, which is what HGAM wants.
-
-Training: class-weighted cross-entropy (weights ``N / (2 N_c)``: fractures are about 20 % of
-the slices), Adam with a cosine learning-rate decay, and light augmentation (a random shift of
-up to 1/32 of the window per axis, +-10 % contrast, +-0.1 brightness). After every epoch the
-val slice accuracy / balanced accuracy and the vertebra-level balanced accuracy (mean
-fractured probability over a vertebra's slices > 0.5) are reported; the checkpoint with the
-best val slice balanced accuracy is kept (the last one when there is no val split). It is one
-dict (``util.checkpoint``) with ``classifier`` (state dict), ``config`` (rebuilds the model,
-``img_size`` included), ``optimizer``, ``epoch``, ``metrics``, ``history``, ``options`` and the
-RNG states.
+See ``cam/classifier_training.py`` for the data, the training and the checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import sys
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Sequence
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from tqdm import tqdm
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data.vertebra_dataset import load_splits, volume_to_slices  # noqa: E402
-from data.vertebra_geometry import central_range  # noqa: E402
-from models.fracture_classifier import FractureClassifier  # noqa: E402
-from util.checkpoint import capture_rng_state, save_checkpoint  # noqa: E402
-from util.geometry import split_key  # noqa: E402
-from util.misc import add_device_options, device_from_options, seed_everything  # noqa: E402
-from util.nifti_io import load_nifti  # noqa: E402
+from cam.classifier_training import train_from_dataroot
+from util.cli import run_main
+from util.misc import add_device_options, device_from_options
 
 
-@dataclass
-class SliceSet:
-    """Slices of one split: ``images`` ``(N, rows, S)`` uint8 CT window, ``labels`` ``(N,)`` int64
-    in {0, 1}, ``vertebra`` ``(N,)`` int64 index into ``keys`` (the vertebra of each slice)."""
-
-    images: np.ndarray
-    labels: np.ndarray
-    vertebra: np.ndarray
-    keys: list[str]
-
-
-def read_split(dataroot: str | Path, phase: str) -> dict[str, int]:
-    """``{key: grade}`` of ``phase`` in ``<dataroot>/vertebra_data.json`` (may be empty)."""
-    return load_splits(dataroot).get(phase, {})
-
-
-def central_slices(label_slices: np.ndarray, vid: int) -> np.ndarray:
-    """Slice indices (ascending) in the central 4/5 of vertebra ``vid``'s extent that contain
-    it; ``label_slices`` is slice-major ``(D, S, S)``. Empty when the vertebra is absent."""
-    present = (label_slices == vid).any(axis=(1, 2))
-    zs = np.flatnonzero(present)
-    if zs.size == 0:
-        return zs
-    lo, hi = central_range(int(zs[0]), int(zs[-1]))
-    ks = np.arange(lo, hi + 1)
-    return ks[present[ks]]
-
-
-def row_window(img_size: int, window: float) -> tuple[int, int]:
-    """Rows ``[start, stop)`` of the central ``window`` fraction of ``img_size`` rows (at
-    least 8 rows, and even so that the network's pooling divides it at small sizes)."""
-    if not 0.0 < window <= 1.0:
-        raise ValueError(f"--window must lie in (0, 1], got {window}")
-    n = min(img_size, max(8, 2 * round(window * img_size / 2)))
-    start = (img_size - n) // 2
-    return start, start + n
-
-
-def load_slices(
-    dataroot: str | Path,
-    phase: str,
-    img_size: int,
-    *,
-    window: float = 0.25,
-    progress: bool = True,
-) -> SliceSet:
-    """Central slices of every vertebra of ``phase`` at ``img_size``, cut to the central
-    ``window`` rows: ``images`` are ``(N, rows, S)`` (see the module docstring)."""
-    r0, r1 = row_window(img_size, window)
-    root = Path(dataroot)
-    grades = read_split(root, phase)
-    images, labels, owner, keys = [], [], [], []
-    for key in tqdm(grades, desc=f"load {phase}", unit="vol", disable=not progress):
-        _, vid = split_key(key)
-        ct_path, label_path = root / "CT" / f"{key}.nii.gz", root / "label" / f"{key}.nii.gz"
-        ct, _, _ = load_nifti(ct_path)
-        label, _, _ = load_nifti(label_path, expected_shape=ct.shape)
-        lab = volume_to_slices(label, "label", img_size, label_path)
-        ks = central_slices(lab, vid)
-        if ks.size == 0:
-            raise ValueError(f"{label_path} does not contain vertebra id {vid} (from {key!r})")
-        images.append(volume_to_slices(ct, "ct", img_size, ct_path)[ks, r0:r1])
-        labels.append(np.full(ks.size, int(grades[key] > 0), np.int64))
-        owner.append(np.full(ks.size, len(keys), np.int64))
-        keys.append(key)
-    if not keys:
-        return SliceSet(
-            np.zeros((0, r1 - r0, img_size), np.uint8),
-            np.zeros(0, np.int64),
-            np.zeros(0, np.int64),
-            [],
-        )
-    return SliceSet(np.concatenate(images), np.concatenate(labels), np.concatenate(owner), keys)
-
-
-def to_unit(images: torch.Tensor) -> torch.Tensor:
-    """uint8 window ``(N, S, S)`` -> float ``(N, 1, S, S)`` in [-1, 1]."""
-    return images.float().unsqueeze(1) / 127.5 - 1.0
-
-
-def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random shift (up to 1/32 of the size per axis, edge padding), contrast x[0.9, 1.1] and
-    brightness +-0.1 of a ``(B, 1, S, S)`` batch in [-1, 1]; the result is clamped to [-1, 1]."""
-    b, _, h, w = x.shape
-    r = torch.rand(b, 4, generator=generator).to(x.device, x.dtype) * 2 - 1
-    theta = torch.zeros(b, 2, 3, device=x.device, dtype=x.dtype)
-    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
-    theta[:, :, 2] = r[:, :2] * (2.0 / 32.0)  # 1/32 of the image = 2/32 in [-1, 1] units
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    x = x * (1 + 0.1 * r[:, 2].view(b, 1, 1, 1)) + 0.1 * r[:, 3].view(b, 1, 1, 1)
-    return x.clamp(-1.0, 1.0)
-
-
-def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Mean recall over the classes present in ``y_true`` (NaN when it is empty)."""
-    classes = np.unique(y_true)
-    if classes.size == 0:
-        return float("nan")
-    return float(np.mean([(y_pred[y_true == c] == c).mean() for c in classes]))
-
-
-@torch.no_grad()
-def predict_proba(
-    model: FractureClassifier, images: np.ndarray, batch_size: int = 64
-) -> np.ndarray:
-    """Fractured-class probability ``(N,)`` of uint8 slices ``(N, S, S)`` (eval mode)."""
-    device = next(model.parameters()).device
-    model.eval()
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = to_unit(torch.from_numpy(images[i : i + batch_size])).to(device)
-        out.append(model(x).softmax(dim=1)[:, 1].cpu())
-    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
-
-
-def evaluate(model: FractureClassifier, data: SliceSet, batch_size: int = 64) -> dict[str, float]:
-    """Slice accuracy and balanced accuracy, and vertebra-level balanced accuracy (label: any
-    slice labelled fractured; prediction: mean fractured probability over its slices > 0.5)."""
-    p = predict_proba(model, data.images, batch_size)
-    pred = (p > 0.5).astype(np.int64)
-    n_vert = len(data.keys)
-    counts = np.bincount(data.vertebra, minlength=n_vert)
-    p_vert = np.bincount(data.vertebra, weights=p, minlength=n_vert) / np.maximum(counts, 1)
-    y_vert = np.zeros(n_vert, np.int64)
-    np.maximum.at(y_vert, data.vertebra, data.labels)  # a vertebra with any fractured slice
-    return {
-        "accuracy": float((pred == data.labels).mean()) if len(pred) else float("nan"),
-        "balanced_accuracy": balanced_accuracy(data.labels, pred),
-        "vertebra_balanced_accuracy": balanced_accuracy(y_vert, (p_vert > 0.5).astype(np.int64)),
-    }
-
-
-def train_classifier(
-    model: FractureClassifier,
-    train: SliceSet,
-    val: SliceSet | None = None,
-    *,
-    epochs: int = 10,
-    batch_size: int = 32,
-    lr: float = 2e-3,
-    seed: int = 0,
-    augmentation: bool = True,
-    progress: bool = True,
-    log_epochs: bool = True,
-    on_best: Callable[[list[dict[str, float]], torch.optim.Optimizer], None] | None = None,
-) -> list[dict[str, float]]:
-    """Train ``model`` in place on ``train`` (device: the model's) and return the per-epoch
-    history (``epoch``, ``loss``, val metrics of :func:`evaluate` when ``val`` has slices).
-
-    ``on_best(history, optimizer)`` is called after every epoch that improves the val slice
-    balanced accuracy (every epoch without val data); ``history[-1]`` is that epoch.
-    """
-    if len(train.labels) == 0:
-        raise ValueError("the training set has no slice")
-    counts = np.bincount(train.labels, minlength=2)
-    if counts.min() == 0:
-        raise ValueError(f"the training set needs both classes, got counts {counts.tolist()}")
-    device = next(model.parameters()).device
-    g = torch.Generator().manual_seed(seed)
-    # Class weights N / (2 N_c): each class contributes half of the loss.
-    weight = torch.tensor(counts.sum() / (2.0 * counts), dtype=torch.float32, device=device)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    steps = epochs * math.ceil(len(train.labels) / batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
-    )
-    images, labels = torch.from_numpy(train.images), torch.from_numpy(train.labels)
-    history: list[dict[str, float]] = []
-    best = -math.inf
-    for epoch in range(1, epochs + 1):
-        model.train()
-        order = torch.randperm(len(labels), generator=g)
-        total, n = 0.0, 0
-        bar = tqdm(
-            range(0, len(order), batch_size),
-            desc=f"epoch {epoch}",
-            leave=False,
-            disable=not progress,
-        )
-        for i in bar:
-            idx = order[i : i + batch_size]
-            if len(idx) < 2:  # BatchNorm needs two samples
-                continue
-            x = to_unit(images[idx]).to(device)
-            if augmentation:
-                x = augment(x, g)
-            y = labels[idx].to(device)
-            loss = F.cross_entropy(model(x), y, weight=weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
-            n += len(idx)
-        record: dict[str, float] = {"epoch": epoch, "loss": total / max(n, 1)}
-        if val is not None and len(val.labels):
-            record.update({f"val_{k}": v for k, v in evaluate(model, val, batch_size).items()})
-            score = record["val_balanced_accuracy"]
-        else:
-            score = float(epoch)
-        history.append(record)
-        if log_epochs:
-            tqdm.write(
-                " ".join(
-                    f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                    for k, v in record.items()
-                )
-            )
-        if score > best:
-            best = score
-            if on_best is not None:
-                on_best(history, opt)
-    return history
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be comma-separated integers, got {text!r}"
+        ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -282,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (cosine decay)")
-    p.add_argument("--widths", default="16,32,48,64,64", help="channels of the conv blocks")
+    p.add_argument(
+        "--widths", type=_ints, default="16,32,48,64,64", help="channels of the conv blocks"
+    )
     p.add_argument("--n_pool", type=int, default=2, help="2x2 max pools (CAM at S / 2**n_pool)")
     p.add_argument(
         "--window", type=float, default=0.25, help="central fraction of the rows trained on"
@@ -294,74 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        for name in ("epochs", "batch_size", "img_size"):
-            if getattr(args, name) < (2 if name == "batch_size" else 1):
-                raise ValueError(f"--{name} is too small: {getattr(args, name)}")
-        if args.lr <= 0:
-            raise ValueError(f"--lr must be > 0, got {args.lr}")
-        try:
-            widths = tuple(int(w) for w in args.widths.split(","))
-        except ValueError:
-            raise ValueError(
-                f"--widths must be comma-separated integers, got {args.widths!r}"
-            ) from None
-        device = device_from_options(args)
-        seed_everything(args.seed)
-        model = FractureClassifier(img_size=args.img_size, widths=widths, n_pool=args.n_pool).to(
-            device
-        )
-        kw = {"window": args.window, "progress": not args.quiet}
-        train = load_slices(args.dataroot, "train", args.img_size, **kw)
-        val = load_slices(args.dataroot, "val", args.img_size, **kw)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"train_classifier: error: {exc}", file=sys.stderr)
-        return 2
-    print(
-        f"train: {len(train.labels)} slices of {len(train.keys)} vertebrae "
-        f"({int(train.labels.sum())} fractured); val: {len(val.labels)} slices; device {device}"
-    )
-    out = Path(args.out)
-
-    def save(history: list[dict[str, float]], optimizer: torch.optim.Optimizer) -> None:
-        save_checkpoint(
-            out,
-            {
-                "classifier": model.state_dict(),
-                "config": model.config(),
-                "img_size": args.img_size,
-                "window": args.window,
-                "optimizer": optimizer.state_dict(),
-                "epoch": history[-1]["epoch"],
-                "metrics": history[-1],
-                "history": list(history),
-                "options": vars(args),
-                "rng": capture_rng_state(),
-            },
-        )
-
-    try:
-        history = train_classifier(
-            model,
-            train,
-            val,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            seed=args.seed,
-            augmentation=not args.no_augment,
-            progress=not args.quiet,
-            on_best=save,
-        )
-    except ValueError as exc:
-        print(f"train_classifier: error: {exc}", file=sys.stderr)
-        return 2
-    best = max(history, key=lambda r: r.get("val_balanced_accuracy", r["epoch"]))
-    print(f"saved {out} (epoch {best['epoch']}): " + json.dumps(best))
+    best = train_from_dataroot(
+        args.dataroot, args.out, img_size=args.img_size, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, widths=args.widths, n_pool=args.n_pool,
+        window=args.window, augmentation=not args.no_augment, seed=args.seed,
+        device=device_from_options(args), progress=not args.quiet, options=vars(args),
+    )  # fmt: skip
+    print(f"saved {args.out} (epoch {best['epoch']}): " + json.dumps(best))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -1,4 +1,5 @@
-"""Fracture classifier, Grad-CAM++ heatmaps (scripts/make_heatmaps.py) and its training."""
+"""Fracture classifier, Grad-CAM++ heatmaps (cam/heatmaps.py) and its training
+(cam/classifier_training.py); scripts/make_heatmaps.py and scripts/train_classifier.py."""
 
 from __future__ import annotations
 
@@ -9,19 +10,17 @@ from pytorch_grad_cam import GradCAMPlusPlus
 from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from models.fracture_classifier import FRACTURED, FractureClassifier
-from scripts.make_heatmaps import (
+from cam.classifier_training import SliceSet, load_slices, train_classifier
+from cam.heatmaps import (
     UnscaledGradCAMPlusPlus,
     evaluate_heatmaps,
     heatmap_mass_in_region,
     load_classifier,
-    main,
     make_heatmaps,
     slice_cams,
     volume_heatmap,
 )
-from scripts.train_classifier import SliceSet, load_slices, train_classifier
-from scripts.train_classifier import main as train_main
+from models.fracture_classifier import FRACTURED, FractureClassifier
 from util.checkpoint import save_checkpoint
 from util.nifti_io import load_nifti
 
@@ -118,7 +117,7 @@ def test_mass_in_region_hand_computed():
         heatmap_mass_in_region(-heat, region)
 
 
-def test_make_heatmaps_writes_one_file_per_ct(tmp_path, vertebra_root_factory):
+def test_make_heatmaps_writes_one_file_per_ct(tmp_path, vertebra_root_factory, run_script):
     splits = {"train": {"p0_20": 0}, "test": {"p1_20": 1, "p2_20": 0}}
     root = vertebra_root_factory(splits, size=64, depth=8)
     ckpt = tmp_path / "clf.pth"
@@ -136,12 +135,12 @@ def test_make_heatmaps_writes_one_file_per_ct(tmp_path, vertebra_root_factory):
     assert result["fractured"]["n"] == 1 and result["normal"]["n"] == 1
     # Default output: the root's heatmap/ folder, replaced file by file.
     before = load_nifti(root / "heatmap" / "p0_20.nii.gz")[0]
-    assert main(["--dataroot", str(root), "--classifier", str(ckpt), "--quiet"]) == 0
+    assert run_script("make_heatmaps", ["--dataroot", root, "--classifier", ckpt, "--quiet"]) == 0
     after = load_nifti(root / "heatmap" / "p0_20.nii.gz")[0]
     assert not np.array_equal(before, after)
 
 
-def test_make_heatmaps_errors(tmp_path, vertebra_root_factory):
+def test_make_heatmaps_errors(tmp_path, vertebra_root_factory, run_script, capsys):
     root = vertebra_root_factory({"train": {"p0_20": 0}}, size=64, depth=8)
     ckpt = tmp_path / "clf.pth"
     with pytest.raises(FileNotFoundError, match="clf.pth"):
@@ -153,7 +152,8 @@ def test_make_heatmaps_errors(tmp_path, vertebra_root_factory):
     (empty / "CT").mkdir(parents=True)
     with pytest.raises(ValueError, match="no NIfTI volume"):
         make_heatmaps(empty, ckpt, progress=False)
-    assert main(["--dataroot", str(empty), "--classifier", str(ckpt), "--quiet"]) == 2
+    assert run_script("make_heatmaps", ["--dataroot", empty, "--classifier", ckpt, "--quiet"]) == 2
+    assert capsys.readouterr().err.startswith("error: no NIfTI volume")
 
 
 def _blob_set(n: int, size: int, rng: np.random.Generator) -> tuple[SliceSet, np.ndarray]:
@@ -200,7 +200,7 @@ def test_short_training_concentrates_map_on_blob():
     assert m.ratio > 4.0, m
 
 
-def test_train_cli_writes_rebuildable_checkpoint(tmp_path, vertebra_root_factory):
+def test_train_cli_writes_rebuildable_checkpoint(tmp_path, vertebra_root_factory, run_script):
     splits = {"train": {"p0_20": 0, "p1_20": 1, "p2_20": 0}, "val": {"p3_20": 1}}
     root = vertebra_root_factory(splits, size=64, depth=8)
     data = load_slices(root, "train", 32, progress=False)
@@ -210,8 +210,8 @@ def test_train_cli_writes_rebuildable_checkpoint(tmp_path, vertebra_root_factory
     ckpt = tmp_path / "clf.pth"
     argv = ["--dataroot", str(root), "--out", str(ckpt), "--img_size", "32", "--epochs", "2"]
     argv += ["--batch_size", "4", "--widths", "4,8,8", "--n_pool", "1", "--gpu_ids", "-1"]
-    assert train_main([*argv, "--quiet"]) == 0
+    assert run_script("train_classifier", [*argv, "--quiet"]) == 0
     model, meta = load_classifier(ckpt)
     assert model.img_size == 32 and model.widths == (4, 8, 8) and meta["window"] == 0.25
     assert meta["epoch"] in (1, 2) and "val_balanced_accuracy" in meta["metrics"]
-    assert train_main([*argv, "--widths", "4,x"]) == 2
+    assert run_script("train_classifier", [*argv, "--widths", "4,x"]) == 2

@@ -1,0 +1,1 @@
+"""Class activation maps: fracture-classifier training and Grad-CAM++ heatmaps (HGAM input)."""
