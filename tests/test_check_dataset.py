@@ -1,4 +1,5 @@
-"""check_dataset: a clean root passes; a broken one reports every problem in one run."""
+"""data/check.py: a clean root passes; a broken one reports every problem in one run;
+scripts/check_dataset.py's exit status."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scripts.check_dataset import check_dataset
+from data.check import check_dataset
 from util.nifti_io import ipl_affine, save_nifti
 
 SHAPE = (32, 32, 8)
@@ -93,7 +94,7 @@ def test_cli_exit_status(tmp_path):
     _write(tmp_path, "a_20")
     _write(tmp_path, "b_20", heat_max=2.0)
     _index(tmp_path, {"train": {"a_20": 0, "b_20": 0}, "val": {}, "test": {}})
-    cmd = [sys.executable, str(ROOT / "scripts" / "check_dataset.py"), "--dataroot", str(tmp_path)]
+    cmd = [sys.executable, "-m", "scripts.check_dataset", "--dataroot", str(tmp_path)]
     bad = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 1 and "b_20: heatmap values 0..2 outside [0, 1]" in bad.stderr
     assert "a_20" in bad.stdout  # the per-id table

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from scripts import straighten as cli
-from scripts.check_dataset import check_dataset
+from data.check import check_dataset
 from util.nifti_io import save_nifti
 from util.straighten import (
     AIR_HU,
@@ -200,9 +199,10 @@ def test_centroid_json_direction_and_errors(tmp_path):
 
 
 @pytest.mark.skipif(not TS.is_dir(), reason="shared TotalSegmentator example not available")
-def test_totalseg_example_cli_writes_a_valid_dataroot(tmp_path, capsys):
+def test_totalseg_example_cli_writes_a_valid_dataroot(tmp_path, capsys, run_script):
     out = tmp_path / "root"
-    rc = cli.main(
+    rc = run_script(
+        "straighten",
         [
             "--ct",
             str(TS / "ct.nii.gz"),
@@ -216,7 +216,7 @@ def test_totalseg_example_cli_writes_a_valid_dataroot(tmp_path, capsys):
             "20-21",
             "--out",
             str(out),
-        ]
+        ],
     )
     assert rc == 0
     index = json.loads((out / "vertebra_data.json").read_text())
@@ -322,16 +322,17 @@ def test_rigid_vertebrae_keep_native_heights():
     assert worst_bent > 1.0  # the bending is real on this lordotic case (about 2.5 mm at L1)
 
 
-def test_cli_errors(tmp_path, capsys):
-    assert cli.main(["--seg", str(tmp_path / "none.nii.gz"), "--out", str(tmp_path)]) == 2
+def test_cli_errors(tmp_path, capsys, run_script):
+    assert run_script("straighten", ["--seg", tmp_path / "none.nii.gz", "--out", tmp_path]) == 2
     assert "file not found" in capsys.readouterr().err
     seg = np.zeros((8, 8, 8), np.uint8)
     save_nifti(tmp_path / "empty.nii.gz", seg, np.eye(4))
-    assert cli.main(["--seg", str(tmp_path / "empty.nii.gz"), "--out", str(tmp_path)]) == 2
+    assert run_script("straighten", ["--seg", tmp_path / "empty.nii.gz", "--out", tmp_path]) == 2
     assert "no vertebra labels" in capsys.readouterr().err
     (tmp_path / "g.csv").write_text("id,grade\na_20,7\n")
     assert (
-        cli.main(
+        run_script(
+            "straighten",
             [
                 "--seg",
                 str(tmp_path / "empty.nii.gz"),
@@ -339,7 +340,7 @@ def test_cli_errors(tmp_path, capsys):
                 str(tmp_path / "g.csv"),
                 "--out",
                 str(tmp_path),
-            ]
+            ],
         )
         == 2
     )
