@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
+from collections.abc import Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data.phantom import generate_dataset  # noqa: E402
+from data.phantom import generate_dataset
+from util.cli import run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,24 +36,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        summary = generate_dataset(
-            args.out,
-            args.n_patients,
-            img_size=args.img_size,
-            seed=args.seed,
-            workers=args.workers,
-            overwrite=args.overwrite,
-            progress=not args.quiet,
-        )
-    except (ValueError, FileExistsError) as exc:
-        print(f"make_phantom: error: {exc}", file=sys.stderr)
-        return 2
+    summary = generate_dataset(
+        args.out,
+        args.n_patients,
+        img_size=args.img_size,
+        seed=args.seed,
+        workers=args.workers,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
     print(json.dumps(summary, indent=2))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -20,7 +20,6 @@ from data.phantom_render import (
     render_patient,
     sample_patient_params,
 )
-from scripts.make_phantom import main as make_phantom_main
 from util.geometry import band_px
 from util.heights import body_heights
 
@@ -264,7 +263,7 @@ def test_plan_fractures_statistics() -> None:
     assert (grades.count(1), grades.count(2), grades.count(3)) == (44, 24, 12)
 
 
-def test_bad_arguments(tmp_path: Path) -> None:
+def test_bad_arguments(tmp_path: Path, run_script) -> None:
     with pytest.raises(ValueError, match="n_patients"):
         generate_dataset(tmp_path / "x", 0, img_size=S)
     for size in (40, 16):
@@ -274,26 +273,8 @@ def test_bad_arguments(tmp_path: Path) -> None:
     (tmp_path / "full" / "keep.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="overwrite"):
         generate_dataset(tmp_path / "full", 1, img_size=32)
-    assert (
-        make_phantom_main(
-            ["--out", str(tmp_path / "full"), "--n_patients", "1", "--img_size", "32", "--quiet"]
-        )
-        == 2
-    )
-    assert (
-        make_phantom_main(
-            [
-                "--out",
-                str(tmp_path / "full"),
-                "--n_patients",
-                "1",
-                "--img_size",
-                "32",
-                "--overwrite",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    argv = ["--out", tmp_path / "full", "--n_patients", "1", "--img_size", "32", "--quiet"]
+    assert run_script("make_phantom", argv) == 2
+    assert run_script("make_phantom", [*argv, "--overwrite"]) == 0
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"  # only phantom files go
     assert len(list((tmp_path / "full" / "CT").glob("*.nii.gz"))) == len(SAMPLE_VERTEBRAE)
