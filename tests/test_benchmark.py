@@ -1,4 +1,5 @@
-"""scripts/benchmark.py: a --quick run writes the full JSON schema with consistent numbers.
+"""benchmarks/ and scripts/benchmark.py: a --quick run writes the full JSON schema with
+consistent numbers.
 
 No timing is asserted (speed targets live in the benchmark and docs/BENCHMARKS.md): only the
 schema, the model sizes against the networks themselves, the whole-vertebra slice count, and
@@ -11,24 +12,18 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
+from benchmarks.config import QUICK, make_config, parse_sections
+from benchmarks.inputs import synthetic_batch
+from benchmarks.report import md_table
+from benchmarks.timing import cpu_model, measure, scaled, summarize
 from models.diffusion_generator import DiffusionGenerator, crop_rows_for
 from models.gan_generator import GanGenerator
-from scripts.benchmark import (
-    QUICK,
-    cpu_model,
-    main,
-    md_table,
-    measure,
-    parse_sections,
-    scaled,
-    summarize,
-    synthetic_batch,
-)
 from util.geometry import band_px, band_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +36,7 @@ def quick(tmp_path_factory) -> tuple[dict, str]:
     """One ``--quick`` run of the script as a user runs it (own process, 1 thread)."""
     out = tmp_path_factory.mktemp("bench") / "sub" / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "scripts/benchmark.py", "--quick", "--threads", "1", "--out", str(out)],
+        [sys.executable, "-m", "scripts.benchmark", "--quick", "--threads", "1", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -142,7 +137,7 @@ def test_summarize_scaled_and_measure():
     assert len(calls) == 5 and r["n"] == 3 and r["min_ms"] >= 0
 
 
-def test_cpu_model_and_sections_parsing():
+def test_cpu_model_and_sections_parsing(run_script, capsys):
     text = "processor\t: 0\nvendor_id\t: X\nmodel name\t: Fancy CPU 9000 @ 3GHz\nflags\t: a\n"
     assert cpu_model(text) == "Fancy CPU 9000 @ 3GHz"
     assert cpu_model("processor : 0\n")  # falls back to platform, never empty
@@ -150,8 +145,13 @@ def test_cpu_model_and_sections_parsing():
     for bad in ("gan,foo", "", ","):
         with pytest.raises(ValueError, match="--only"):
             parse_sections(bad)
-    assert main(["--only", "nope"]) == 2
-    assert main(["--quick", "--dataroot", "/nonexistent/root"]) == 2
+    assert run_script("benchmark", ["--only", "nope"]) == 2
+    assert capsys.readouterr().err.startswith("error: --only 'nope'")
+    assert run_script("benchmark", ["--quick", "--dataroot", "/nonexistent/root"]) == 2
+    assert "--dataroot not found" in capsys.readouterr().err
+    assert make_config(quick=True, repeats=2) == replace(QUICK, repeats=2)
+    with pytest.raises(ValueError, match="--repeats"):
+        make_config(repeats=0)
 
 
 def test_synthetic_batch_follows_the_sample_contract():

@@ -1,0 +1,1 @@
+"""Speed benchmarks of the data pipeline and both generators (scripts/benchmark.py runs them)."""
