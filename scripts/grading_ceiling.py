@@ -22,7 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataroot", required=True, help="phantom root with heights.json")
     parser.add_argument("--phase", choices=list(PHASES), default="test")
-    parser.add_argument("--noise", type=float, nargs="+", default=[1, 2, 3, 4, 6], help="% errors")
+    parser.add_argument("--noise", type=float, nargs="+", default=[1, 2, 3, 4, 6], help="%% errors")
     parser.add_argument("--repeats", type=int, default=5, help="draws per error level")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="optional JSON file")
