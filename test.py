@@ -43,7 +43,7 @@ HEADLINE = (
 
 def run(opt) -> dict:
     seed_everything(opt.seed)
-    dataset = find_dataset(opt.dataset_mode)(opt)
+    dataset = find_dataset(opt.dataset_mode).from_opt(opt)
     model = create_model(opt)
     model.setup(opt)
     model.eval()

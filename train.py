@@ -62,7 +62,7 @@ class Validator:
         val_opt = copy.copy(opt)
         val_opt.phase, val_opt.isTrain = "val", False
         val_opt.slice_mode, val_opt.vert_class = "all", "normal"
-        self.dataset = find_dataset(opt.dataset_mode)(val_opt)
+        self.dataset = find_dataset(opt.dataset_mode).from_opt(val_opt)
         self.model, self.opt = model, opt
         self.best_path = model.save_dir / "best_metrics.json"
         self.best = -math.inf

@@ -29,7 +29,7 @@ def bench_dataset(cfg: Config, ctx: dict[str, Any]) -> dict[str, Any]:
         res["phantom_generation_s"] = time.perf_counter() - t0
     else:
         res["dataroot"] = str(root)
-    ds = VertebraDataset.create(dataroot=root, phase="train", img_size=cfg.img_size)
+    ds = VertebraDataset(dataroot=root, phase="train", img_size=cfg.img_size, seed=0)
     res["vertebrae"] = len(ds)
 
     def loader(dataset: torch.utils.data.Dataset, persistent: bool) -> DataLoader:

@@ -25,12 +25,13 @@ def find_dataset(mode: str) -> type[BaseDataset]:
 
 
 def create_dataset(opt: argparse.Namespace) -> DataLoader:
-    """Dataset chosen by ``opt.dataset_mode`` wrapped in a seeded ``DataLoader``.
+    """Dataset chosen by ``opt.dataset_mode`` (built by its ``from_opt``) wrapped in a seeded
+    ``DataLoader``.
 
     Shuffling uses a generator seeded with ``opt.seed`` so that a run is reproducible; each
     worker's numpy/python RNG is derived from torch's per-worker seed.
     """
-    dataset = find_dataset(opt.dataset_mode)(opt)
+    dataset = find_dataset(opt.dataset_mode).from_opt(opt)
     if len(dataset) > opt.max_dataset_size:
         dataset = Subset(dataset, range(int(opt.max_dataset_size)))
     generator = torch.Generator()

@@ -7,6 +7,7 @@ layout) live on the ground floor, in ``util/geometry.py``.
 from __future__ import annotations
 
 import argparse
+from typing import Self
 
 import torch.utils.data
 
@@ -14,13 +15,15 @@ import torch.utils.data
 class BaseDataset(torch.utils.data.Dataset):
     """Base class of the datasets found by ``--dataset_mode``.
 
-    Subclasses add their flags in :meth:`modify_commandline_options` and read ``opt`` in
-    ``__init__``; everything below them takes plain arguments.
+    A subclass takes typed keyword arguments in ``__init__``, adds its flags in
+    :meth:`modify_commandline_options` and reads ``opt`` only in :meth:`from_opt`, the one
+    constructor the registry (``data.create_dataset``) and the entry points use.
     """
 
-    def __init__(self, opt: argparse.Namespace) -> None:
-        self.opt = opt
-        self.root = opt.dataroot
+    @classmethod
+    def from_opt(cls, opt: argparse.Namespace) -> Self:
+        """Build the dataset from parsed options."""
+        raise NotImplementedError(f"{cls.__name__} must implement from_opt(opt)")
 
     @staticmethod
     def modify_commandline_options(

@@ -1,7 +1,7 @@
 """``--dataset_mode vertebra``: one sagittal slice of one vertebra per item (HealthiVert).
 
-Reads ``<dataroot>/{CT,label,heatmap}/<pid>_<vid>.nii.gz`` and ``vertebra_data.json`` (see
-docs/ARCHITECTURE.md, "One sample"). Per item:
+Reads the CT, label and heatmap volumes and the split file of a data root (layout and names:
+``util/geometry.py``; the sample: docs/ARCHITECTURE.md, "One sample"). Per item:
 
 1. Slice choice: over the central 4/5 of the target's extent along axis 2 (L-R), slices ``k``
    with pyramid weights ``1 - |k - c| / (half + 1)`` (``c``, ``half``: centre and half width of
@@ -12,7 +12,7 @@ docs/ARCHITECTURE.md, "One sample"). Per item:
    (the A geometry would lose rows of it), so such slices are excluded. A vertebra with no
    valid slice is dropped when the index is built (one warning lists them).
 3. The slice is resized in-plane to ``img_size`` (CT, heatmap: bilinear with antialiasing;
-   labels: nearest) before any geometry, then A and B geometry follow ``data/base_dataset.py``.
+   labels: nearest) before any geometry, then A and B geometry follow ``util/geometry.py``.
 
 The geometry is pure (numpy in, numpy out) and lives in ``data/vertebra_geometry.py`` so that
 the evaluation and the whole-vertebra synthesis reuse it. Volumes are cached per dataset
@@ -29,6 +29,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import nibabel as nib
@@ -48,6 +49,12 @@ from util.nifti_io import NiftiError, load_nifti
 
 VERT_CLASSES = ("normal", "abnormal", "all")
 SLICE_MODES = ("random", "all")
+#: Defaults of the dataset's own flags, stated once: ``--vert_class``/``--slice_mode`` take
+#: the training or the evaluation ones by ``is_train``; the constructor takes the training ones.
+TRAIN_DEFAULTS = MappingProxyType({"vert_class": "normal", "slice_mode": "random"})
+EVAL_DEFAULTS = MappingProxyType({"vert_class": "all", "slice_mode": "all"})
+#: Default bound of the per-process volume cache (``--max_cache_mb``).
+DEFAULT_MAX_CACHE_MB = 1024.0
 
 
 # ----------------------------------------------------------------------------- volumes
@@ -108,7 +115,7 @@ class VolumeCache:
     """LRU of loaded volumes keyed by path, bounded in bytes (the newest volume always stays);
     ``loads`` counts file reads."""
 
-    def __init__(self, max_mb: float = 1024.0) -> None:
+    def __init__(self, max_mb: float) -> None:
         if max_mb <= 0:
             raise ValueError(f"max_cache_mb must be > 0, got {max_mb}")
         self.max_bytes = int(max_mb * 2**20)
@@ -136,7 +143,7 @@ class VolumeCache:
 
 
 @dataclass(frozen=True)
-class VertebraInfo:
+class VertebraIndexEntry:
     """Index entry of one vertebra volume (rows and heights at ``img_size``)."""
 
     key: str
@@ -153,7 +160,7 @@ class VertebraInfo:
 
 
 def load_splits(dataroot: str | Path) -> dict[str, dict[str, int]]:
-    """``{phase: {"<pid>_<vid>": grade}}`` from ``<dataroot>/vertebra_data.json``, checked:
+    """``{phase: {"<pid>_<vid>": grade}}`` from the split file of ``dataroot``, checked:
     ids of the form ``<pid>_<label id>``, integer grades (``null`` -> -1, unknown). Errors
     name the file."""
     path = Path(dataroot) / SPLIT_FILE
@@ -180,24 +187,25 @@ def load_splits(dataroot: str | Path) -> dict[str, dict[str, int]]:
 class VertebraDataset(BaseDataset):
     """Sagittal slices of the vertebrae of one split (see the module docstring).
 
-    Build it from options (``VertebraDataset(opt)``) or from typed arguments
-    (:meth:`create`). Items are dicts of tensors with the keys of docs/ARCHITECTURE.md.
+    Build it from typed arguments or from options (:meth:`from_opt`). Items are dicts of
+    tensors with the keys of docs/ARCHITECTURE.md.
     """
 
     @staticmethod
     def modify_commandline_options(
         parser: argparse.ArgumentParser, is_train: bool
     ) -> argparse.ArgumentParser:
+        defaults = TRAIN_DEFAULTS if is_train else EVAL_DEFAULTS
         parser.add_argument(
             "--vert_class",
             choices=VERT_CLASSES,
-            default="normal" if is_train else "all",
+            default=defaults["vert_class"],
             help="vertebrae to use: grade 0, grade > 0, or all",
         )
         parser.add_argument(
             "--slice_mode",
             choices=SLICE_MODES,
-            default="random" if is_train else "all",
+            default=defaults["slice_mode"],
             help="random: one item per vertebra, a pyramid-weighted random "
             "slice each time; all: one item per valid slice, in order",
         )
@@ -207,61 +215,62 @@ class VertebraDataset(BaseDataset):
         parser.add_argument(
             "--max_cache_mb",
             type=float,
-            default=1024.0,
+            default=DEFAULT_MAX_CACHE_MB,
             help="memory for decoded volumes per data-loading process (LRU); 24 MB per "
             "vertebra at 256 px (CT, label, heatmap), 1.5 MB at 64 px",
         )
         return parser
 
     @classmethod
-    def create(
-        cls,
+    def from_opt(cls, opt: argparse.Namespace) -> VertebraDataset:
+        """Build from parsed options (the shared flags and the ones added above)."""
+        limit = opt.max_dataset_size
+        return cls(
+            dataroot=opt.dataroot,
+            phase=opt.phase,
+            img_size=opt.img_size,
+            seed=opt.seed,
+            vert_class=opt.vert_class,
+            slice_mode=opt.slice_mode,
+            use_cam=not opt.no_cam,
+            max_cache_mb=opt.max_cache_mb,
+            max_dataset_size=None if limit is None or limit == float("inf") else int(limit),
+        )
+
+    def __init__(
+        self,
         *,
         dataroot: str | Path,
-        phase: str = "train",
-        img_size: int = 256,
-        vert_class: str = "normal",
-        slice_mode: str = "random",
-        seed: int = 0,
+        phase: str,
+        img_size: int,
+        seed: int,
+        vert_class: str = TRAIN_DEFAULTS["vert_class"],
+        slice_mode: str = TRAIN_DEFAULTS["slice_mode"],
         use_cam: bool = True,
-        max_cache_mb: float = 1024.0,
+        max_cache_mb: float = DEFAULT_MAX_CACHE_MB,
         max_dataset_size: int | None = None,
-    ) -> VertebraDataset:
-        """Build without argparse (tests, scripts)."""
-        opt = argparse.Namespace(
-            dataroot=str(dataroot),
-            phase=phase,
-            img_size=img_size,
-            vert_class=vert_class,
-            slice_mode=slice_mode,
-            seed=seed,
-            no_cam=not use_cam,
-            max_cache_mb=max_cache_mb,
-            max_dataset_size=float("inf") if max_dataset_size is None else max_dataset_size,
-            isTrain=phase == "train",
-        )
-        return cls(opt)
-
-    def __init__(self, opt: argparse.Namespace) -> None:
-        super().__init__(opt)
-        is_train = bool(getattr(opt, "isTrain", False))
-        self.root = Path(opt.dataroot)
-        self.phase = str(opt.phase)
-        self.img_size = int(opt.img_size)
-        self.vert_class = getattr(opt, "vert_class", "normal" if is_train else "all")
-        self.slice_mode = getattr(opt, "slice_mode", "random" if is_train else "all")
-        self.seed = int(getattr(opt, "seed", 0))
-        self.use_cam = not getattr(opt, "no_cam", False)
+    ) -> None:
+        """Index the vertebrae of split ``phase`` under ``dataroot`` (slices at ``img_size``
+        px). ``seed`` seeds the random slice choice; ``use_cam=False`` skips ``heatmap/`` (an
+        all-zero CAM); ``max_cache_mb`` bounds the volume cache; ``max_dataset_size`` keeps the
+        first items only (``None``: all)."""
+        self.root = Path(dataroot)
+        self.phase = str(phase)
+        self.img_size = int(img_size)
+        self.vert_class = vert_class
+        self.slice_mode = slice_mode
+        self.seed = int(seed)
+        self.use_cam = bool(use_cam)
         if self.vert_class not in VERT_CLASSES:
             raise ValueError(f"--vert_class {self.vert_class!r}: choose one of {VERT_CLASSES}")
         if self.slice_mode not in SLICE_MODES:
             raise ValueError(f"--slice_mode {self.slice_mode!r}: choose one of {SLICE_MODES}")
         if self.img_size < 16:
             raise ValueError(f"--img_size must be at least 16, got {self.img_size}")
-        self.cache = VolumeCache(float(getattr(opt, "max_cache_mb", 1024.0)))
+        self.cache = VolumeCache(float(max_cache_mb))
         self._rng: np.random.Generator | None = None
         self._rng_key: tuple[int, int] | None = None
-        self._healthy: dict[str, VertebraInfo] = {}
+        self._healthy: dict[str, VertebraIndexEntry] = {}
 
         self.grades, keys = self._read_split()
         for folder in ("CT", "label") + (("heatmap",) if self.use_cam else ()):
@@ -284,14 +293,13 @@ class VertebraDataset(BaseDataset):
                 f"no usable vertebra in {self.root / SPLIT_FILE} for phase "
                 f"{self.phase!r}, vert_class {self.vert_class!r}"
             )
-        self.infos: dict[str, VertebraInfo] = {i.key: i for i in infos}
+        self.infos: dict[str, VertebraIndexEntry] = {i.key: i for i in infos}
         if self.slice_mode == "random":
             self.items: list[tuple[str, int | None]] = [(i.key, None) for i in infos]
         else:
             self.items = [(i.key, int(k)) for i in infos for k in i.valid]
-        limit = getattr(opt, "max_dataset_size", float("inf"))
-        if limit is not None and len(self.items) > limit:
-            self.items = self.items[: int(limit)]
+        if max_dataset_size is not None and len(self.items) > max_dataset_size:
+            self.items = self.items[: int(max_dataset_size)]
 
     # ------------------------------------------------------------------ index
     def _read_split(self) -> tuple[dict[str, int], list[str]]:
@@ -315,7 +323,7 @@ class VertebraDataset(BaseDataset):
         cam = volume_path(self.root, "heatmap", key) if self.use_cam else None
         return volume_path(self.root, ct_dir, key), volume_path(self.root, label_dir, key), cam
 
-    def _index(self, key: str, healthy: bool) -> VertebraInfo:
+    def _index(self, key: str, healthy: bool) -> VertebraIndexEntry:
         """Check the files of ``key`` and scan its label for valid slices."""
         pid, vid = split_key(key)
         ct_path, label_path, cam_path = self._paths(key, healthy)
@@ -343,7 +351,7 @@ class VertebraDataset(BaseDataset):
         probs = weights[ok] / weights[ok].sum() if valid.size else weights[ok]
         ids = np.flatnonzero(np.bincount(label.ravel(), minlength=256)[1:]) + 1
         grade = self.grades.get(key, -1)
-        return VertebraInfo(
+        return VertebraIndexEntry(
             key=key,
             pid=pid,
             vid=vid,
@@ -382,7 +390,7 @@ class VertebraDataset(BaseDataset):
                 out.append(i)
         return out
 
-    def _info(self, key: str, healthy: bool) -> VertebraInfo:
+    def _info(self, key: str, healthy: bool) -> VertebraIndexEntry:
         if healthy:
             if key not in self._healthy:
                 self._healthy[key] = self._index(key, healthy=True)

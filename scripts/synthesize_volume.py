@@ -406,7 +406,7 @@ def datasets_for(opt: argparse.Namespace, phase: str) -> list[Any]:
     for split in splits:
         o = copy.copy(opt)
         o.phase = split
-        out.append(find_dataset(opt.dataset_mode)(o))
+        out.append(find_dataset(opt.dataset_mode).from_opt(o))
     return out
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+import data
 from data.vertebra_dataset import VertebraDataset, volume_to_slices
 from data.vertebra_geometry import (
     build_slice_sample,
@@ -55,7 +56,8 @@ REAL_LABELS = Path("/work/shared/data/healthivert_0007/straightened_label")
 def make(root: Path, **kwargs) -> VertebraDataset:
     kwargs.setdefault("phase", "train")
     kwargs.setdefault("img_size", 64)
-    return VertebraDataset.create(dataroot=root, **kwargs)
+    kwargs.setdefault("seed", 0)
+    return VertebraDataset(dataroot=root, **kwargs)
 
 
 def ct_units(ct_u8: np.ndarray) -> np.ndarray:
@@ -226,6 +228,26 @@ def test_options():
     assert (opt.vert_class, opt.slice_mode) == ("all", "all")
     with pytest.raises(SystemExit):
         parser.parse_args(["--vert_class", "broken"])
+
+
+def test_from_opt_reads_every_flag(vertebra_root_factory):
+    """``from_opt`` (what the registry calls) builds the dataset the typed arguments describe:
+    ``--no_cam`` -> ``use_cam=False``, the parsed infinite size -> no limit, the seed kept."""
+    root = vertebra_root_factory(SPLITS)
+    shutil.rmtree(root / "heatmap")
+    parser = VertebraDataset.modify_commandline_options(argparse.ArgumentParser(), False)
+    flags = parser.parse_args(["--no_cam", "--max_cache_mb", "2", "--vert_class", "abnormal"])
+    shared = {"phase": "train", "img_size": 32, "seed": 7}
+    opt = argparse.Namespace(
+        dataroot=str(root), **shared, max_dataset_size=float("inf"), **vars(flags)
+    )
+    ds = data.find_dataset("vertebra").from_opt(opt)
+    twin = make(root, **{**shared, "vert_class": "abnormal", "slice_mode": "all"}, use_cam=False)
+    assert (ds.use_cam, ds.seed, ds.slice_mode, ds.vert_class) == (False, 7, "all", "abnormal")
+    assert ds.cache.max_bytes == 2 * 2**20 and ds.items == twin.items and len(ds) > 3
+    assert torch.equal(ds[3]["B"], twin[3]["B"])
+    opt.max_dataset_size = 3
+    assert len(VertebraDataset.from_opt(opt)) == 3
 
 
 def test_cache_loads_each_file_once(vertebra_root_factory):
