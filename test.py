@@ -56,7 +56,7 @@ def run(opt) -> dict:
         model,
         dataset,
         batch_size=opt.batch_size,
-        num_workers=opt.num_threads,
+        num_workers=opt.num_workers,
         max_batches=opt.num_test,
         keep_slices=opt.save_volumes,
         seed=opt.seed,

@@ -41,9 +41,9 @@ def create_dataset(opt: argparse.Namespace) -> DataLoader:
         dataset,
         batch_size=opt.batch_size,
         shuffle=shuffle,
-        num_workers=opt.num_threads,
+        num_workers=opt.num_workers,
         generator=generator,
-        persistent_workers=opt.num_threads > 0 and opt.isTrain,
+        persistent_workers=opt.num_workers > 0 and opt.isTrain,
         drop_last=False,
     )
     if getattr(opt, "verbose", False):

@@ -86,7 +86,7 @@ class BaseOptions:
         )
         g.add_argument("--batch_size", type=_positive_int, default=4, help="input batch size")
         g.add_argument(
-            "--num_threads",
+            "--num_workers",
             type=_non_negative_int,
             default=2,
             help="data loading worker processes (0 = load in the main process)",

@@ -13,7 +13,7 @@ EPOCHS="${DEMO_EPOCHS:-20}"
 DECAY="${DEMO_EPOCHS_DECAY:-10}"
 STEPS="${DEMO_DDIM_STEPS:-10}"
 ROOT="datasets/phantom"
-COMMON=(--dataroot "$ROOT" --img_size "$SIZE" --gpu_ids -1 --seed 0 --batch_size 8 --num_threads 2)
+COMMON=(--dataroot "$ROOT" --img_size "$SIZE" --gpu_ids -1 --seed 0 --batch_size 8 --num_workers 2)
 LOGS="results/demo_logs"
 mkdir -p "$LOGS"
 start=$(date +%s)

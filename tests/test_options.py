@@ -105,3 +105,12 @@ def test_bad_input_is_one_error_line_not_a_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "error:" in proc.stderr and str(missing) in proc.stderr
+
+
+def test_num_workers_counts_loader_processes_and_num_threads_is_not_a_shared_flag(tmp_path):
+    """``--num_workers`` is the DataLoader's worker count; ``--num_threads`` (torch threads)
+    belongs to the stand-alone tools only, so train.py refuses it instead of misreading it."""
+    opt = _train_opt(tmp_path, "--num_workers", "3")
+    assert opt.num_workers == 3 and not hasattr(opt, "num_threads")
+    with pytest.raises(SystemExit):
+        _train_opt(tmp_path, "--num_threads", "1")

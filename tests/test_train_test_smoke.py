@@ -37,7 +37,7 @@ def _common(root, ckpt, netg, name):
         "64",
         "--gpu_ids",
         "-1",
-        "--num_threads",
+        "--num_workers",
         "0",
         "--batch_size",
         "2",
