@@ -25,13 +25,22 @@ from data.phantom_render import (
     sample_patient_params,
     window_to_uint8,
 )
-from util.geometry import CT_WINDOW_HU, REFERENCE_SIZE
+from util.geometry import (
+    CT_WINDOW_HU,
+    HEIGHTS_FILE,
+    PHASES,
+    REFERENCE_SIZE,
+    SPLIT_FILE,
+    VOLUME_FOLDERS,
+    make_key,
+    split_key,
+    volume_path,
+)
 from util.io import write_json_atomic
 from util.nifti_io import ipl_affine, save_nifti
 
 # --------------------------------------------------------------------------- data set
-_OUT_DIRS = ("CT", "label", "heatmap", "healthy_CT", "healthy_label")
-_OUT_FILES = ("vertebra_data.json", "heights.json")
+_OUT_FILES = (SPLIT_FILE, HEIGHTS_FILE)
 
 
 def _save(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
@@ -63,12 +72,12 @@ def _write_patient_body(
     for info in full.vertebrae:
         if not info.is_sample:
             continue
-        name = f"{pid}_{info.verse_id}.nii.gz"
+        key = make_key(pid, info.verse_id)
         sl = crop_vertebra(full, info.verse_id, img_size)
-        _save(root / "CT" / name, ct[sl], aff)
-        _save(root / "label" / name, full.labels[sl], aff)
-        _save(root / "heatmap" / name, full.heatmap[sl], aff)
-        records[name[: -len(".nii.gz")]] = {
+        _save(volume_path(root, "CT", key), ct[sl], aff)
+        _save(volume_path(root, "label", key), full.labels[sl], aff)
+        _save(volume_path(root, "heatmap", key), full.heatmap[sl], aff)
+        records[key] = {
             "grade": info.grade,
             "shape": info.shape,
             "healthy": info.healthy_heights,
@@ -87,9 +96,11 @@ def _write_patient_body(
             )
             hs = crop_vertebra(healthy, info.verse_id, img_size)
             save_nifti(
-                root / "healthy_CT" / name, window_to_uint8(healthy.ct_hu[hs], CT_WINDOW_HU), aff
+                volume_path(root, "healthy_CT", key),
+                window_to_uint8(healthy.ct_hu[hs], CT_WINDOW_HU),
+                aff,
             )
-            _save(root / "healthy_label" / name, healthy.labels[hs], aff)
+            _save(volume_path(root, "healthy_label", key), healthy.labels[hs], aff)
     return index, records
 
 
@@ -102,7 +113,7 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
                 f"--out {out} exists and is not empty; pass --overwrite to "
                 "replace the phantom files in it"
             )
-        for d in _OUT_DIRS:
+        for d in VOLUME_FOLDERS:
             shutil.rmtree(out / d, ignore_errors=True)
         for f in _OUT_FILES:
             (out / f).unlink(missing_ok=True)
@@ -136,7 +147,7 @@ def generate_dataset(
         raise ValueError(f"--seed must be a non-negative integer, got {seed!r}")
     t0, out = time.perf_counter(), Path(out_dir)
     _check_out_dir(out, overwrite)
-    for d in _OUT_DIRS:
+    for d in VOLUME_FOLDERS:
         (out / d).mkdir(parents=True, exist_ok=True)
     kids = np.random.SeedSequence(seed).spawn(n_patients + 2)
     plan = plan_fractures(np.random.default_rng(kids[0]), n_patients)
@@ -163,14 +174,14 @@ def generate_dataset(
         int(i): ("val" if r < n_hold else "test" if r < 2 * n_hold else "train")
         for r, i in enumerate(order)
     }
-    splits: dict[str, dict[str, int]] = {"train": {}, "val": {}, "test": {}}
+    splits: dict[str, dict[str, int]] = {split: {} for split in PHASES["all"]}
     heights = {}
     for i in range(n_patients):
-        for vid, rec in results[i].items():
-            splits[split_of[i]][vid] = rec["grade"]
-            heights[vid] = rec
-    write_json_atomic(out / "vertebra_data.json", splits)
-    write_json_atomic(out / "heights.json", heights)
+        for key, rec in results[i].items():
+            splits[split_of[i]][key] = rec["grade"]
+            heights[key] = rec
+    write_json_atomic(out / SPLIT_FILE, splits)
+    write_json_atomic(out / HEIGHTS_FILE, heights)
     grades = [r["grade"] for r in heights.values()]
     return {
         "out_dir": str(out),
@@ -184,6 +195,6 @@ def generate_dataset(
         "shapes": {
             k: sum(r["shape"] == k for r in heights.values()) for k in ("none", *SHAPE_PROPORTIONS)
         },
-        "splits": {k: len({v.rsplit("_", 1)[0] for v in d}) for k, d in splits.items()},
+        "splits": {k: len({split_key(v)[0] for v in d}) for k, d in splits.items()},
         "seconds": round(time.perf_counter() - t0, 2),
     }
