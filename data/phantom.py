@@ -17,14 +17,8 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from data.phantom_render import (
-    SHAPE_PROPORTIONS,
-    crop_vertebra,
-    plan_fractures,
-    render_patient,
-    sample_patient_params,
-    window_to_uint8,
-)
+from data.phantom_patients import SHAPE_PROPORTIONS, plan_fractures, sample_patient_params
+from data.phantom_render import crop_vertebra, render_patient, window_to_uint8
 from util.geometry import (
     CT_WINDOW_HU,
     HEIGHTS_FILE,

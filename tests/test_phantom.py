@@ -10,16 +10,9 @@ import numpy as np
 import pytest
 
 from data.phantom import generate_dataset
-from data.phantom_render import (
-    ANATOMY,
-    GENANT_BANDS,
-    SAMPLE_VERTEBRAE,
-    crop_vertebra,
-    height_loss,
-    plan_fractures,
-    render_patient,
-    sample_patient_params,
-)
+from data.phantom_anatomy import ANATOMY, SAMPLE_VERTEBRAE, height_loss
+from data.phantom_patients import GENANT_BANDS, plan_fractures, sample_patient_params
+from data.phantom_render import crop_vertebra, render_patient
 from util.geometry import band_px
 from util.heights import body_heights
 

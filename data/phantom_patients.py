@@ -1,0 +1,139 @@
+"""Phantom patients: draw one patient's anatomy, plan the fractures of a whole data set and
+calibrate each fracture's severity.
+
+The severity is calibrated so that the height loss ``1 - fractured / healthy`` of the most
+affected third, measured with :func:`data.phantom_anatomy.vertebra_heights`, hits a target
+drawn inside the grade's Genant band.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from data.phantom_anatomy import (
+    ANATOMY,
+    MAX_BODY_HEIGHT_MM,
+    SAMPLE_VERTEBRAE,
+    SPINE_LEVELS,
+    Fracture,
+    PatientParams,
+    VertebraParams,
+    height_loss,
+    vertebra_heights,
+)
+
+#: Genant bands of the height loss per grade, and the sub-ranges targets are drawn from.
+GENANT_BANDS = {1: (0.20, 0.25), 2: (0.25, 0.40), 3: (0.40, 1.0)}
+TARGET_LOSS = {1: (0.205, 0.245), 2: (0.27, 0.38), 3: (0.42, 0.53)}
+GRADE_PROPORTIONS = {1: 0.55, 2: 0.30, 3: 0.15}
+SHAPE_PROPORTIONS = {"wedge": 0.5, "biconcave": 0.3, "crush": 0.2}
+#: Fraction of sample vertebrae fractured and the per-patient cap.
+FRACTURE_RATE, MAX_FRACTURES_PER_PATIENT = 0.2, 2
+
+
+def calibrate_fracture(vp: VertebraParams, grade: int, shape: str, target: float) -> Fracture:
+    """Bisection on the severity so that the measured height loss equals ``target``."""
+    healthy = vertebra_heights(vp)
+    lo, hi = 0.0, vp.height_mm
+    for _ in range(24):
+        mid = 0.5 * (lo + hi)
+        loss = height_loss(healthy, vertebra_heights(vp, Fracture(grade, shape, target, mid)))
+        lo, hi = (mid, hi) if loss < target else (lo, mid)
+    return Fracture(grade, shape, round(target, 4), 0.5 * (lo + hi))
+
+
+# --------------------------------------------------------------------------- parameters
+def plan_fractures(rng: np.random.Generator, n_patients: int) -> list[dict[int, tuple[int, str]]]:
+    """Fractures of a whole data set: ``FRACTURE_RATE`` of the sample vertebrae (at most
+    ``MAX_FRACTURES_PER_PATIENT`` per patient, never the first or last sample vertebra),
+    grades and shapes by largest-remainder quotas of their proportions, shuffled."""
+    n_frac = min(
+        round(FRACTURE_RATE * n_patients * len(SAMPLE_VERTEBRAE)),
+        MAX_FRACTURES_PER_PATIENT * n_patients,
+    )
+    slots = rng.choice(n_patients * MAX_FRACTURES_PER_PATIENT, size=n_frac, replace=False)
+    counts = np.bincount(slots // MAX_FRACTURES_PER_PATIENT, minlength=n_patients)
+
+    def quota(props: Mapping) -> list:
+        raw = {k: p * n_frac for k, p in props.items()}
+        n = {k: int(math.floor(v)) for k, v in raw.items()}
+        for k in sorted(raw, key=lambda k: n[k] - raw[k])[: n_frac - sum(n.values())]:
+            n[k] += 1
+        out = [k for k in props for _ in range(n[k])]
+        return [out[i] for i in rng.permutation(len(out))]
+
+    grades, shapes = quota(GRADE_PROPORTIONS), quota(SHAPE_PROPORTIONS)
+    candidates = [ANATOMY[n][0] for n in SAMPLE_VERTEBRAE[1:-1]]
+    plan, i = [], 0
+    for c in counts:
+        levels = sorted(rng.choice(candidates, size=int(c), replace=False).tolist())
+        plan.append({int(v): (int(grades[i + j]), shapes[i + j]) for j, v in enumerate(levels)})
+        i += int(c)
+    return plan
+
+
+def sample_patient_params(
+    rng: np.random.Generator, fractures: Mapping[int, tuple[int, str]] | None = None
+) -> PatientParams:
+    """Draw one patient. ``fractures``: VerSe id -> (grade 1-3, shape); ``None`` draws 0-2
+    fractures at random. Anatomy varies in scale, disc heights, depth/width, bone density."""
+    ids = {ANATOMY[n][0]: n for n in SAMPLE_VERTEBRAE[1:-1]}
+    if fractures is None:
+        k = int(rng.choice(3, p=[0.1, 0.25, 0.65]))
+        g = rng.choice(list(GRADE_PROPORTIONS), size=k, p=list(GRADE_PROPORTIONS.values()))
+        s = rng.choice(list(SHAPE_PROPORTIONS), size=k, p=list(SHAPE_PROPORTIONS.values()))
+        levels = rng.choice(sorted(ids), size=k, replace=False)
+        fractures = {int(v): (int(gg), str(ss)) for v, gg, ss in zip(levels, g, s)}
+    for vid, (grade, shape) in fractures.items():
+        if vid not in ids:
+            raise ValueError(
+                f"fracture at vertebra id {vid}: only ids {sorted(ids)} "
+                "(not the first/last sample vertebra) can be fractured"
+            )
+        if grade not in TARGET_LOSS or shape not in SHAPE_PROPORTIONS:
+            raise ValueError(f"fracture at {vid}: bad grade {grade} or shape {shape!r}")
+    scale_h = float(np.clip(rng.normal(1, 0.04), 0.92, 1.08))
+    scale_dw = float(np.clip(rng.normal(1, 0.06), 0.88, 1.12))
+    disc_f = float(rng.uniform(0.75, 1.2))
+    verts = []
+    for name in SPINE_LEVELS:
+        vid, h, dep, wid, disc = ANATOMY[name]
+        j = rng.normal(0, 1, size=4)
+        lumbar, sacrum = name.startswith("L"), name == "S1"
+        if not sacrum:
+            h = min(h * scale_h * (1 + 0.015 * j[0]), MAX_BODY_HEIGHT_MM)
+        verts.append(
+            VertebraParams(
+                name=name,
+                verse_id=vid,
+                height_mm=float(h),
+                depth_mm=float(dep * scale_dw * (1 + 0.02 * j[1])),
+                width_mm=float(wid * scale_dw * (1 + 0.02 * j[2])),
+                disc_above_mm=float(disc * disc_f * (1 + 0.08 * j[3])),
+                canal_ap_mm=10.0 if sacrum else (16.0 if lumbar else 15.0),
+                canal_lr_mm=18.0 if sacrum else (22.0 if lumbar else 16.0),
+                spinous_mm=10.0 if sacrum else (30.0 if lumbar else 34.0),
+                transverse_mm=0.0 if sacrum else (24.0 if lumbar else 18.0),
+                is_sample=name in SAMPLE_VERTEBRAE,
+            )
+        )
+    by_id = {v.verse_id: v for v in verts}
+    fr = {}
+    for vid, (grade, shape) in sorted(fractures.items()):
+        target = float(rng.uniform(*TARGET_LOSS[grade]))
+        fr[int(vid)] = calibrate_fracture(by_id[vid], grade, shape, target)
+    return PatientParams(
+        seed=int(rng.integers(2**31 - 1)),
+        vertebrae=tuple(verts),
+        fractures=fr,
+        cortical_mm=float(rng.uniform(0.9, 1.5)),
+        trabecular_hu=float(rng.uniform(150, 260)),
+        cortical_hu=float(rng.uniform(750, 950)),
+        skin_post_mm=float(rng.uniform(88, 115)),
+        skin_ant_mm=float(rng.uniform(110, 220)),
+        fat_mm=float(rng.uniform(8, 25)),
+        noise_hu=float(rng.uniform(12, 25)),
+    )
