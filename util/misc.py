@@ -41,8 +41,9 @@ def resolve_device(gpu_ids: str | list[int]) -> tuple[str, list[int]]:
 
 
 def add_device_options(parser: argparse.ArgumentParser) -> None:
-    """``--gpu_ids`` and ``--num_threads`` of the stand-alone tools (train.py and test.py
-    have theirs in ``options/``)."""
+    """``--gpu_ids`` and ``--num_threads`` (torch CPU threads) of the stand-alone tools;
+    train.py and test.py take ``--gpu_ids`` from ``options/``, where ``--num_workers`` counts
+    data-loading processes."""
     parser.add_argument(
         "--gpu_ids", default="auto", help="CUDA id, -1 for CPU; auto = CUDA if present"
     )
