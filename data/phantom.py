@@ -17,7 +17,12 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from data.phantom_patients import SHAPE_PROPORTIONS, plan_fractures, sample_patient_params
+from data.phantom_patients import (
+    MORPHOMETRIES,
+    SHAPE_PROPORTIONS,
+    plan_fractures,
+    sample_patient_params,
+)
 from data.phantom_render import crop_vertebra, render_patient, window_to_uint8
 from util.geometry import (
     CT_WINDOW_HU,
@@ -43,7 +48,7 @@ def _save(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
 
 
 def _write_patient(
-    job: tuple[int, str, np.random.SeedSequence, dict, int, str],
+    job: tuple[int, str, np.random.SeedSequence, dict, int, str, str],
 ) -> tuple[int, dict]:
     """Worker: draw one patient, render its spine once, crop and save every sample vertebra,
     and render the healthy window of each fractured one. Returns heights.json records."""
@@ -54,10 +59,11 @@ def _write_patient(
 
 
 def _write_patient_body(
-    job: tuple[int, str, np.random.SeedSequence, dict, int, str],
+    job: tuple[int, str, np.random.SeedSequence, dict, int, str, str],
 ) -> tuple[int, dict]:
-    index, pid, seq, plan, img_size, out = job
-    params = sample_patient_params(np.random.default_rng(seq), plan)
+    index, pid, seq, plan, img_size, out, morphometry = job
+    params = sample_patient_params(np.random.default_rng(seq), plan, morphometry)
+    depth = {v.verse_id: v.depth_mm for v in params.vertebrae}
     s, root = REFERENCE_SIZE / img_size, Path(out)
     aff = ipl_affine(s)
     full = render_patient(params, s)
@@ -77,6 +83,8 @@ def _write_patient_body(
             "healthy": info.healthy_heights,
             "fractured": info.fractured_heights,
         }
+        if params.sex is not None:  # published morphometry (simple stays bit-for-bit)
+            records[key].update(sex=params.sex, depth_mm=round(depth[info.verse_id], 3))
         if info.fractured:
             # Same patient, this fracture undone (the others kept); the window allows for the
             # height the column regains.
@@ -122,6 +130,7 @@ def generate_dataset(
     *,
     overwrite: bool = False,
     progress: bool = True,
+    morphometry: str = "published",
 ) -> dict:
     """Write a phantom data root (layout of docs/ARCHITECTURE.md) and return a summary.
 
@@ -129,7 +138,9 @@ def generate_dataset(
     256 x 256 x 64 mm field at every size), one per sample vertebra (T10-L5), ids
     ``phantom<NNN>_<VerSe id>``; splits by patient (60/20/20). Files are byte-identical for
     the same ``(n_patients, img_size, seed)`` whatever ``workers`` is: every patient draws
-    from its own child of ``SeedSequence(seed)``.
+    from its own child of ``SeedSequence(seed)``. ``morphometry``: ``"published"`` (the
+    default; :mod:`data.phantom_population`) or ``"simple"`` (the first phantom, whose files
+    stay byte-identical to those written before the published model existed).
     """
     if isinstance(n_patients, bool) or not isinstance(n_patients, int) or n_patients < 1:
         raise ValueError(f"--n_patients must be an integer >= 1, got {n_patients!r}")
@@ -139,15 +150,20 @@ def generate_dataset(
         raise ValueError(f"--workers must be an integer >= 1, got {workers!r}")
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"--seed must be a non-negative integer, got {seed!r}")
+    if morphometry not in MORPHOMETRIES:
+        raise ValueError(f"--morphometry must be one of {MORPHOMETRIES}, got {morphometry!r}")
     t0, out = time.perf_counter(), Path(out_dir)
     _check_out_dir(out, overwrite)
     for d in VOLUME_FOLDERS:
         (out / d).mkdir(parents=True, exist_ok=True)
     kids = np.random.SeedSequence(seed).spawn(n_patients + 2)
-    plan = plan_fractures(np.random.default_rng(kids[0]), n_patients)
+    plan = plan_fractures(np.random.default_rng(kids[0]), n_patients, morphometry)
     width = max(3, len(str(n_patients - 1)))
     pids = [f"phantom{i:0{width}d}" for i in range(n_patients)]
-    jobs = [(i, pids[i], kids[2 + i], plan[i], img_size, str(out)) for i in range(n_patients)]
+    jobs = [
+        (i, pids[i], kids[2 + i], plan[i], img_size, str(out), morphometry)
+        for i in range(n_patients)
+    ]
     results: dict[int, dict] = {}
     bar = tqdm(total=n_patients, desc="phantom", unit="patient", disable=not progress)
     if workers == 1 or n_patients == 1:
@@ -180,6 +196,7 @@ def generate_dataset(
     return {
         "out_dir": str(out),
         "n_patients": n_patients,
+        "morphometry": morphometry,
         "img_size": img_size,
         "spacing_mm": REFERENCE_SIZE / img_size,
         "seed": seed,

@@ -83,6 +83,14 @@ class VertebraParams:
     spinous_mm: float
     transverse_mm: float
     is_sample: bool
+    #: Published morphometry only (the defaults leave the simple phantom bit-for-bit): sagittal
+    #: wedging of the endplates (deg, > 0 ventral/kyphotic: anterior shorter), the central
+    #: concavity of each endplate (mm, ``None``: the fixed 0.8 mm) and a smooth irregularity
+    #: of the superior endplate (amplitude mm, phase rad).
+    wedge_deg: float = 0.0
+    concavity_mm: float | None = None
+    irregular_mm: float = 0.0
+    irregular_phase: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -99,6 +107,8 @@ class PatientParams:
     skin_ant_mm: float
     fat_mm: float
     noise_hu: float
+    #: "F" or "M" (published morphometry), ``None`` for the simple phantom.
+    sex: str | None = None
 
 
 def endplate_surfaces(
@@ -116,8 +126,20 @@ def endplate_surfaces(
     )
     rc = np.minimum(r, 1.0)
     # Endplate concavity plus rounded rims.
-    dip = _CONCAVITY * (1 - rc**2) + _ROUND * np.clip((rc - _ROUND_R0) / (1 - _ROUND_R0), 0, 1) ** 2
+    conc = _CONCAVITY if vp.concavity_mm is None else vp.concavity_mm
+    dip = conc * (1 - rc**2) + _ROUND * np.clip((rc - _ROUND_R0) / (1 - _ROUND_R0), 0, 1) ** 2
     top, bot = z_top + dip, z_bot - dip
+    if vp.wedge_deg:
+        # Physiological wedging: the height at y is z_bot - z_top + y tan(wedge), split evenly
+        # between the two endplates (y > 0 posterior).
+        tilt = 0.5 * y * np.tan(np.radians(vp.wedge_deg))
+        top, bot = top - tilt, bot + tilt
+    if vp.irregular_mm:
+        # Degenerative endplate irregularity: a smooth undulation of the superior endplate.
+        u = np.clip(rc, 0, 1)
+        top = top + vp.irregular_mm * np.sin(3 * np.pi * y / vp.depth_mm + vp.irregular_phase) * (
+            1 - u**2
+        )
     if fr is not None:
         d = fr.severity_mm
         if fr.shape == "wedge":
@@ -216,8 +238,10 @@ def vertebra_heights(
     """Anterior/middle/posterior body heights (mm) measured with ``util.heights.heights_2d`` on
     a ``step_mm`` mid-sagittal render of the body (the definition heights.json uses)."""
     a, h = 0.5 * vp.depth_mm, vp.height_mm
+    # Wedged bodies reach beyond [0, h] at one wall (the simple phantom keeps its 2 mm grid).
+    m = 2.0 if not (vp.wedge_deg or vp.irregular_mm) else 6.0
     y = np.arange(-a - 1, a + 1, step_mm)[None, :, None]
-    z = np.arange(-2.0, h + 2.0, step_mm)[:, None, None]
+    z = np.arange(-m, h + m, step_mm)[:, None, None]
     mask = body_depth(vp, fr, 0.0, h, z, y, np.zeros((1, 1, 1)))[..., 0] >= 0
     res = heights_2d(mask, row_mm=step_mm)
     return {

@@ -14,6 +14,7 @@ import json
 from collections.abc import Sequence
 
 from data.phantom import generate_dataset
+from data.phantom_patients import MORPHOMETRIES
 from util.cli import run_main
 
 
@@ -28,6 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="in-plane size S: volumes S x S x S/4 at 256/S mm (multiple of 16)",
     )
     parser.add_argument("--seed", type=int, default=0, help="master seed")
+    parser.add_argument(
+        "--morphometry",
+        choices=MORPHOMETRIES,
+        default="published",
+        help="published: wedged, correlated, sex-specific anatomy with the published fracture "
+        "level distribution (default); simple: the first phantom, bit-for-bit",
+    )
     parser.add_argument("--workers", type=int, default=2, help="processes (patients in parallel)")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace the phantom files of a non-empty --out"
@@ -46,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workers=args.workers,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        morphometry=args.morphometry,
     )
     print(json.dumps(summary, indent=2))
     return 0

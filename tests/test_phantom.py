@@ -192,8 +192,10 @@ def test_heights_increase_down_the_spine(roots: dict[str, Path]) -> None:
         np.mean([r["healthy"]["posterior_mm"] for c, r in heights.items() if _vid(c) == v])
         for v in SAMPLE_IDS
     ]
-    assert np.polyfit(np.arange(len(mean)), mean, 1)[0] > 0.5  # mm per level
-    assert mean[-1] - mean[0] > 4.0
+    # Published morphometry: posterior heights rise T10 -> L3; L5's posterior wall is short
+    # (lordotic wedging), so the rise is checked T10-L3.
+    assert np.polyfit(np.arange(6), mean[:6], 1)[0] > 0.5  # mm per level
+    assert mean[5] - mean[0] > 3.0
 
 
 def test_heatmap_marks_fractures(roots: dict[str, Path]) -> None:

@@ -26,9 +26,19 @@ IDS = ("phantom000_20", "phantom000_21", "phantom000_22")
 
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory) -> Path:
-    """One 64 px phantom patient (seed 0): 21 is grade 2, 22 grade 1, the others normal."""
+    """One 64 px phantom patient (seed 0, the simple morphometry that this layout was chosen
+    on): 21 is grade 2, 22 grade 1, the others normal."""
     root = tmp_path_factory.mktemp("phantom")
-    generate_dataset(root, 1, img_size=64, seed=0, workers=1, progress=False, overwrite=True)
+    generate_dataset(
+        root,
+        1,
+        img_size=64,
+        seed=0,
+        workers=1,
+        progress=False,
+        overwrite=True,
+        morphometry="simple",
+    )
     grades = json.loads((root / "vertebra_data.json").read_text())["train"]
     assert (grades["phantom000_21"], grades["phantom000_22"], grades["phantom000_20"]) == (2, 1, 0)
     return root
@@ -339,6 +349,18 @@ def test_grading_ceiling_rows(tmp_path, capsys, run_script):
     # fractured neighbours bias the plain neighbour mean; healthy neighbours remove that
     assert nb_h["height_error_pct"] < nb["height_error_pct"] <= 100
     assert 0 < nb_h["height_error_pct"] < 6  # two 3 % draws of the neighbours vs the target's
+    # Every loss here lowers all thirds alike (a crush): the own-posterior ratio cannot see it.
+    assert rows["own posterior height (Genant ratio)"]["macro_f1"] < 0.6
+    assert perfect["ci95"]["f1"] == [1.0, 1.0]
+    lo, hi = nb["ci95"]["f1"]
+    assert lo <= nb["macro_f1"] <= hi and hi - lo > 0
+
+
+def test_bootstrap_ci_brackets_the_estimate():
+    y = np.repeat([0, 1, 2, 3], 25)
+    pred = np.where(np.arange(100) % 4 == 0, (y + 1) % 4, y)  # 75 % right in every grade
+    ci = GC.bootstrap_ci(y, pred, n_boot=300, seed=1)
+    assert ci["f1"][0] < 0.75 < ci["f1"][1] and ci["f1"][1] - ci["f1"][0] < 0.25
 
 
 def test_grading_ceiling_needs_a_phantom_root(tmp_path):
