@@ -137,8 +137,8 @@ def grade(
     Returns a JSON-ready dict: ``macro_precision, macro_recall, macro_f1`` (out-of-fold
     predictions of all N vertebrae), ``fold_macro_f1`` (list), ``per_class``
     ``{grade: {precision, recall, f1, support}}``, ``confusion_matrix`` (rows = true grade,
-    columns = predicted, in the order of ``labels``), ``labels``, ``n``, ``folds``, ``seed``,
-    ``features``, ``classifier``.
+    columns = predicted, in the order of ``labels``), ``predictions`` (out-of-fold, (N,)),
+    ``labels``, ``n``, ``folds``, ``seed``, ``features``, ``classifier``.
     """
     x = np.asarray(features, dtype=np.float64)
     y = np.asarray(grades)
@@ -182,6 +182,7 @@ def grade(
             for i, g in enumerate(labels)
         },
         "confusion_matrix": sk_confusion_matrix(y, pred, labels=labels).tolist(),
+        "predictions": [int(v) for v in pred],
         "labels": [int(g) for g in labels],
         "n": int(y.size),
         "folds": folds,

@@ -8,6 +8,8 @@ measurement, with the classifier and folds of ``evaluation.grading``:
   vertebrae just above and below (the no-synthesis baseline without measurement error);
 * ``neighbour ratio, healthy neighbours``: the same with each neighbour's *healthy* heights
   (what an iterative synthesis that restores fractured neighbours perfectly could reach);
+* ``own posterior height (Genant ratio)``: ``1 - Ha/Hp``, ``1 - Hc/Hp`` of the vertebra itself
+  (the radiologist's rule without neighbours; a crush that lowers Hp too escapes it);
 * ``perfect synthesis``: RHLV from the true healthy heights;
 * ``synthesis with s % error``: RHLV from the true healthy heights x (1 + N(0, s %)) per third,
   mean and std over ``--repeats`` draws: a synthesis whose heights are off by s % (relative,
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.metrics import precision_recall_fscore_support
 
 from evaluation.grading import grade, rhlv_features
 from evaluation.synthesis_grading import neighbour_ids, phase_grades, thirds_array
@@ -56,8 +59,24 @@ def ceiling_features(
     return {
         "neighbour ratio": (o, np.array(nb)),
         "neighbour ratio, healthy neighbours": (o, np.array(nb_healthy)),
+        "own posterior height (Genant ratio)": (o, np.repeat(o[:, 2:3], 3, axis=1)),
         "perfect synthesis": (o, np.array(healthy)),
     }
+
+
+def bootstrap_ci(
+    y: np.ndarray, pred: np.ndarray, n_boot: int = 1000, seed: int = 0
+) -> dict[str, list[float]]:
+    """95 % percentile intervals of macro precision, recall and F1 over ``n_boot`` resamples
+    of the vertebrae (with replacement; the grades present in ``y``)."""
+    rng, labels = np.random.default_rng(seed), np.unique(y)
+    stats = []
+    for _ in range(n_boot):
+        i = rng.integers(0, len(y), len(y))
+        p, r, f, _ = precision_recall_fscore_support(y[i], pred[i], labels=labels, zero_division=0)
+        stats.append((p.mean(), r.mean(), f.mean()))
+    lo, hi = np.percentile(np.array(stats), [2.5, 97.5], axis=0)
+    return {k: [float(lo[j]), float(hi[j])] for j, k in enumerate(("precision", "recall", "f1"))}
 
 
 def grading_ceiling(
@@ -89,8 +108,12 @@ def grading_ceiling(
         warnings.simplefilter("ignore")  # the grading's fold warning on small splits
         for name, (ori, ref) in feats.items():
             err = np.abs(ref - healthy) / healthy * 100
+            res = grade(rhlv_features(ori, ref), y, seed)
             rows[name] = {
-                "macro_f1": grade(rhlv_features(ori, ref), y, seed)["macro_f1"],
+                "macro_f1": res["macro_f1"],
+                "macro_precision": res["macro_precision"],
+                "macro_recall": res["macro_recall"],
+                "ci95": bootstrap_ci(y, np.array(res["predictions"]), seed=seed),
                 "height_error_pct": float(err.mean()),
                 "height_error_pct_fractured": float(err[y > 0].mean()) if (y > 0).any() else None,
             }
@@ -118,8 +141,9 @@ def markdown(result: Mapping[str, Any]) -> str:
     lines = [
         f"{result['phase']}: {result['n']} vertebrae, grades {result['grades']}",
         "",
-        "| grading from | macro-F1 | height error vs healthy, all / fractured |",
-        "|---|---|---|",
+        "| grading from | macro-F1 | 95 % CI F1 | macro P / R | height error vs healthy, all / "
+        "fractured |",
+        "|---|---|---|---|---|",
     ]
     for name, r in result["rows"].items():
         f1 = f"{r['macro_f1']:.3f}" + (
@@ -130,5 +154,7 @@ def markdown(result: Mapping[str, Any]) -> str:
             if r.get("height_error_pct_fractured") is not None
             else "-"
         )
-        lines.append(f"| {name} | {f1} | {err} |")
+        ci = f"{r['ci95']['f1'][0]:.3f}-{r['ci95']['f1'][1]:.3f}" if "ci95" in r else "-"
+        pr = f"{r['macro_precision']:.3f} / {r['macro_recall']:.3f}" if "macro_recall" in r else "-"
+        lines.append(f"| {name} | {f1} | {ci} | {pr} | {err} |")
     return "\n".join(lines)

@@ -16,6 +16,7 @@ SCHEMA = {
     "macro_recall",
     "macro_f1",
     "fold_macro_f1",
+    "predictions",
     "per_class",
     "confusion_matrix",
     "labels",
