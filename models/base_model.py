@@ -15,6 +15,7 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 from util.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from util.registry import Registry
 
 OptionSetter = Callable[[argparse.ArgumentParser, bool], argparse.ArgumentParser]
 
@@ -180,6 +181,10 @@ class BaseModel(abc.ABC):
             restore_rng_state(ckpt["rng"])
         print(f"loaded checkpoint {path} (epoch {self.epoch}, {self.total_iters} samples)")
         return ckpt
+
+
+#: ``--model``: models by name; built-in ones in ``models/*_model.py``.
+MODELS: Registry[BaseModel] = Registry("--model", BaseModel, package="models", suffix="model")
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, opt: argparse.Namespace):

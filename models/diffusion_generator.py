@@ -19,12 +19,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.generator_base import (
+    GENERATORS,
     Generator,
     GeneratorInput,
     GeneratorOutput,
     SampleOutput,
     TrainingOutput,
-    register_generator,
 )
 from models.noise_scheduler import BETA_SCHEDULES, PREDICTION_TYPES, DDPMScheduler
 from models.sampling import DenoiserOutput, compose, ddim_inpaint
@@ -232,7 +232,7 @@ def crop_rows_for(img_size: int, crop_at_256: int) -> int:
     return rows
 
 
-@register_generator("diffusion")
+@GENERATORS.register("diffusion")
 class DiffusionGenerator(Generator):
     """Conditional DDPM generator: trains with eps / v / x0 MSE, samples with DDIM inpainting.
 

@@ -31,12 +31,12 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from models.generator_base import (
+    GENERATORS,
     Generator,
     GeneratorInput,
     GeneratorOutput,
     SampleOutput,
     TrainingOutput,
-    register_generator,
 )
 
 
@@ -320,7 +320,7 @@ def _logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
-@register_generator("gan")
+@GENERATORS.register("gan")
 class GanGenerator(Generator):
     """HealthiVert-GAN's generator behind the :class:`Generator` interface."""
 

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel
 
-from models.base_model import BaseModel, OptionSetter
+from models.base_model import MODELS, BaseModel, OptionSetter
 from models.discriminators import (
     GANLoss,
     HealthiVertDiscriminators,
@@ -46,6 +46,7 @@ from util.geometry import band_px
 UNIT_RANGE_VISUALS = frozenset({"mask", "fine_seg", "vert_mask", "cam"})
 
 
+@MODELS.register("pix2pix")
 class Pix2PixModel(BaseModel):
     """HealthiVert pseudo-healthy vertebra synthesis."""
 
