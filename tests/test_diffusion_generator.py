@@ -8,12 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from models.diffusion_generator import (
-    DiffusionGenerator,
-    DiffusionUNet,
-    crop_rows_for,
-    timestep_embedding,
-)
+from models.diffusion_generator import DiffusionGenerator, crop_rows_for
+from models.diffusion_unet import DiffusionUNet, timestep_embedding
 from models.generator_base import GeneratorInput, find_generator
 from models.noise_scheduler import DDPMScheduler
 from models.sampling import DenoiserOutput, ddim_inpaint
