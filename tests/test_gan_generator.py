@@ -187,7 +187,7 @@ def test_one_training_step_changes_weights_with_finite_losses() -> None:
     w = LossWeights()
     before = [p.detach().clone() for p in g.parameters()]
     raw = g.training_forward(inp, gt).outputs
-    out = shrm_outputs(raw, height, h2)
+    out = shrm_outputs(raw, height, h2).composed
     x1, x2, seg = out.x_stage1, out.x_stage2, out.fine_seg
     losses = {
         "GAN": w.lambda_GAN * generator_gan_loss(ds, GANLoss("lsgan"), x2, seg),
