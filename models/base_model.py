@@ -60,7 +60,8 @@ class BaseModel(abc.ABC):
 
     @abc.abstractmethod
     def forward(self) -> None:
-        """Run the networks; used by both training and :meth:`test`."""
+        """Training pass of the networks on the batch of :meth:`set_input`. Inference is each
+        model's own pipeline (e.g. ``Pix2PixModel.infer``)."""
 
     @abc.abstractmethod
     def optimize_parameters(self) -> None:
@@ -98,12 +99,6 @@ class BaseModel(abc.ABC):
     def train(self) -> None:
         for net in self.networks().values():
             net.train()
-
-    def test(self) -> None:
-        """Forward without gradients, then :meth:`compute_visuals`."""
-        with torch.no_grad():
-            self.forward()
-            self.compute_visuals()
 
     def update_learning_rate(self) -> float:
         """Step every scheduler once (call at the end of an epoch); return the new lr."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import math
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +27,9 @@ from models.generator_base import (
 from models.noise_scheduler import BETA_SCHEDULES, PREDICTION_TYPES, DDPMScheduler
 from models.sampling import DenoiserOutput, compose, ddim_inpaint
 from util.geometry import band_px, scaled_px
+
+#: Default of ``--num_inference_steps`` while training: validation samples with these steps.
+VALIDATION_STEPS = 10
 
 
 def crop_rows_for(img_size: int, crop_at_256: int) -> int:
@@ -60,7 +62,10 @@ class DiffusionGenerator(Generator):
         crop_rows: the U-Net runs on the central ``crop_rows`` x S rows (band plus context);
             outside them its outputs are 0 (segmentations) and the input context (CT).
         cnum: base width of the U-Net.
-        bf16_inference: run the U-Net under bfloat16 autocast in :meth:`sample`.
+
+    ``num_inference_steps`` is the default of :meth:`sample` (``default_steps``); the model passes
+    ``--num_inference_steps`` per call. Precision (``--precision bf16``) is the model's
+    autocast around training and :meth:`sample`; the scheduler math stays in fp32.
     """
 
     aux_loss_names = ("diff",)
@@ -79,7 +84,6 @@ class DiffusionGenerator(Generator):
         snr_gamma: float = 5.0,
         crop_rows: int | None = None,
         cnum: int = 32,
-        bf16_inference: bool = False,
     ) -> None:
         super().__init__()
         if img_size % 8:
@@ -94,16 +98,15 @@ class DiffusionGenerator(Generator):
             raise ValueError(f"--snr_gamma must be >= 0, got {snr_gamma}")
         if num_inference_steps < 1 or num_samples < 1 or eta < 0:
             raise ValueError(
-                "need --num_inference_steps >= 1, --num_samples >= 1 and --eta >= 0, got "
+                "need num_inference_steps >= 1, --num_samples >= 1 and --eta >= 0, got "
                 f"{num_inference_steps}, {num_samples}, {eta}"
             )
         self.img_size = img_size
         self.crop_rows = crop_rows
-        self.num_inference_steps = int(num_inference_steps)
+        self.default_steps = int(num_inference_steps)
         self.eta = float(eta)
         self.num_samples = int(num_samples)
         self.snr_gamma = float(snr_gamma)
-        self.bf16_inference = bool(bf16_inference)
         self.scheduler = DDPMScheduler(
             num_train_timesteps=num_train_timesteps,
             beta_schedule=beta_schedule,
@@ -123,7 +126,6 @@ class DiffusionGenerator(Generator):
                        help="linear betas 1e-4 .. 0.02 (DDPM) or squared cosine")
         g.add_argument("--prediction_type", default="epsilon", choices=PREDICTION_TYPES,
                        help="what the U-Net predicts: the noise, v, or x0")
-        g.add_argument("--num_inference_steps", type=int, default=25, help="DDIM steps")
         g.add_argument("--eta", type=float, default=0.0,
                        help="DDIM stochasticity: 0 deterministic, 1 DDPM-like")
         g.add_argument("--num_samples", type=int, default=1,
@@ -135,13 +137,13 @@ class DiffusionGenerator(Generator):
         g.add_argument("--diffusion_crop", type=int, default=96,
                        help="rows (at 256 px, scaled with --img_size) of the central crop the "
                             "U-Net sees: the band plus context; 0 = the whole slice")
-        g.add_argument("--diffusion_bf16", action="store_true",
-                       help="run the U-Net under bfloat16 autocast at inference")
         # fmt: on
         if is_train:
             # The adversarial term fights the denoising objective early in training, and a
             # DDPM's likelihood training already gives sharp samples: keep it a light touch.
-            parser.set_defaults(lambda_GAN=0.1)
+            # Validation during training samples with fewer steps than the 25 of inference
+            # (the model's --num_inference_steps), to keep it cheap.
+            parser.set_defaults(lambda_GAN=0.1, num_inference_steps=VALIDATION_STEPS)
         return parser
 
     @classmethod
@@ -151,12 +153,10 @@ class DiffusionGenerator(Generator):
             num_train_timesteps=opt.diffusion_timesteps,
             beta_schedule=opt.diffusion_beta_schedule,
             prediction_type=opt.prediction_type,
-            num_inference_steps=opt.num_inference_steps,
             eta=opt.eta,
             num_samples=opt.num_samples,
             snr_gamma=opt.snr_gamma,
             crop_rows=crop_rows_for(opt.img_size, opt.diffusion_crop),
-            bf16_inference=opt.diffusion_bf16,
         )
 
     # ------------------------------------------------------------------ helpers
@@ -286,10 +286,17 @@ class DiffusionGenerator(Generator):
 
     @torch.no_grad()
     def sample(
-        self, inp: GeneratorInput, *, generator: torch.Generator | None = None
+        self,
+        inp: GeneratorInput,
+        *,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
     ) -> SampleOutput:
-        """DDIM inpainting of the band (see :func:`models.sampling.ddim_inpaint`)."""
+        """DDIM inpainting of the band with ``steps`` steps (default: ``default_steps``),
+        see :func:`models.sampling.ddim_inpaint`. Under an outer autocast the U-Net runs in
+        reduced precision and its outputs return to the sample's dtype for the scheduler."""
         self._check_input(inp)
+        steps = self.default_steps if steps is None else int(steps)
         k = self.num_samples
         rep = GeneratorInput(
             masked_ct=inp.masked_ct.repeat(k, 1, 1, 1),
@@ -297,29 +304,23 @@ class DiffusionGenerator(Generator):
             cam=inp.cam.repeat(k, 1, 1, 1),
             slice_ratio=inp.slice_ratio.reshape(-1).repeat(k),
         )
-        dev = inp.masked_ct.device
-        autocast = (
-            torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
-            if self.bf16_inference
-            else nullcontext()
-        )
 
         def denoiser(x_t: Tensor, t: Tensor) -> DenoiserOutput:
-            with autocast:
-                o = self._denoise(x_t, t, rep)
+            o = self._denoise(x_t, t, rep)
             f = x_t.dtype  # back to the sample's dtype for the scheduler
             return DenoiserOutput(
                 o.model_output.to(f), o.coarse_seg.to(f), o.fine_seg.to(f),
                 o.pred1_h.to(f), o.pred2_h.to(f),
             )  # fmt: skip
 
-        return ddim_inpaint(
+        out = ddim_inpaint(
             denoiser,
             self.scheduler,
             inp.masked_ct,
             inp.band_mask,
-            num_inference_steps=self.num_inference_steps,
+            num_inference_steps=steps,
             eta=self.eta,
             num_samples=k,
             generator=generator,
         )
+        return out._replace(steps=steps)

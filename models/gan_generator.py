@@ -354,8 +354,13 @@ class GanGenerator(Generator):
         return TrainingOutput(outputs=outputs, aux_losses={}, x0_weight=weight)
 
     def sample(
-        self, inp: GeneratorInput, *, generator: torch.Generator | None = None
+        self,
+        inp: GeneratorInput,
+        *,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
     ) -> SampleOutput:
-        """Deterministic: the training forward without gradients (``generator`` unused)."""
+        """Deterministic: the training forward without gradients (one pass: ``steps`` and
+        ``generator`` are unused)."""
         with torch.no_grad():
             return SampleOutput(outputs=self.net(inp))

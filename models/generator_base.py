@@ -1,6 +1,8 @@
 """The interface every generator type implements, and their registry (``--netG_type``).
 
-The pix2pix model holds one :class:`Generator` chosen by name; it never branches on the type.
+The pix2pix model holds one :class:`Generator` chosen by name; nothing outside the generator
+modules branches on the type. A new type is one file, ``models/<name>_generator.py``, whose
+class is decorated with ``@GENERATORS.register("<name>")`` (or a registration in any module).
 All images are in "A geometry" (see ``data/base_dataset.py``): the band of ``h2`` rows centred
 on the slice is unknown, the context around it is known. SHRM composition, losses and
 discriminators live in the pix2pix model and are the same for every generator.
@@ -81,11 +83,13 @@ class SampleOutput(NamedTuple):
     * ``std``: (B, 1, H, W) per-pixel standard deviation of ``x_stage2`` over samples, or
       ``None`` for a single deterministic sample.
     * ``height_std``: (B, 1) standard deviation of ``pred2_h`` over samples, or ``None``.
+    * ``steps``: sampling steps run per slice, ``None`` for a one-pass generator.
     """
 
     outputs: GeneratorOutput
     std: Tensor | None = None
     height_std: Tensor | None = None
+    steps: int | None = None
 
 
 class Generator(nn.Module, abc.ABC):
@@ -120,9 +124,17 @@ class Generator(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def sample(
-        self, inp: GeneratorInput, *, generator: torch.Generator | None = None
+        self,
+        inp: GeneratorInput,
+        *,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
     ) -> SampleOutput:
-        """Inference (no gradients needed). ``generator`` seeds any randomness."""
+        """Inference (no gradients needed); outputs in A geometry, like training's.
+
+        ``steps``: sampling steps for this call (``None`` = the generator's own default); a
+        one-pass generator ignores it. ``generator`` seeds any randomness. Precision is the
+        caller's (the model runs this under its ``--precision`` autocast)."""
 
 
 #: ``--netG_type``: generator types by name. Built-in ones live in ``models/*_generator.py``

@@ -1,7 +1,8 @@
-"""Evaluation loop shared by test.py and ``train.py --eval_freq``.
+"""Slice evaluation shared by test.py and ``train.py --eval_freq``.
 
-For every valid slice of every vertebra of a split: run the model, compose with SHRM, and
-score the result against the ground truth with ``util.metrics``. Where the data root holds
+For every valid slice of every vertebra of a split: run the model's inference pipeline
+(``Pix2PixModel.infer``: sample, then SHRM) and score the result against the ground truth
+with ``util.metrics``. Where the data root holds
 the healthy volume of a fractured vertebra (phantom ``healthy_CT/``), the synthesis is scored
 against that healthy truth (pseudo-healthy synthesis); otherwise against the slice itself.
 A trivial baseline (the band filled with the mean of the rows just above and below it,
@@ -28,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from models.shrm import restored_height_rows, shrm_compose
-from util.geometry import REFERENCE_SIZE, band_rows, split_key
+from util.geometry import REFERENCE_SIZE, band_px, band_rows, split_key
 from util.metrics import rhdr, slice_metrics
 
 #: The original's evaluation keeps slices with more than 400 label voxels at 256 px.
@@ -95,6 +96,8 @@ class EvalResult:
     #: per vertebra id, {slice index: (composed CT (S, S) in [-1, 1], mask (S, S) bool)}
     slices: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
     seconds: float = 0.0
+    #: sampling steps per slice (``InferenceOutput.steps``; None for a one-pass generator)
+    steps: int | None = None
 
 
 def evaluate(
@@ -105,15 +108,19 @@ def evaluate(
     num_workers: int = 0,
     max_batches: int | None = None,
     keep_slices: bool = False,
+    steps: int | None = None,
     seed: int = 0,
     desc: str = "evaluating",
     extra_columns: Callable[[], dict[str, Any]] | None = None,
 ) -> EvalResult:
-    """Run ``model`` (a ``Pix2PixModel`` in eval mode) over every valid slice of ``dataset``.
+    """Run ``model.infer`` (a ``Pix2PixModel``, put in eval mode here) over every valid slice
+    of ``dataset``, ``steps`` sampling steps per slice (``None``: the model's default), after
+    ``torch.manual_seed(seed)``.
 
     Returns one metrics row per kept slice (see ``util.metrics.slice_metrics`` for the metric
-    keys; ``fill_*`` columns hold the trivial baseline), images of the central slice of each
-    vertebra for the report, and with ``keep_slices`` the composed slices for volumes.
+    keys; ``fill_*`` columns hold the trivial baseline; ``steps`` the sampling steps, empty
+    for a one-pass generator), images of the central slice of each vertebra for the report,
+    and with ``keep_slices`` the composed slices for volumes.
     """
     loader = DataLoader(
         EvalSlices(dataset), batch_size=batch_size, shuffle=False, num_workers=num_workers
@@ -127,18 +134,16 @@ def evaluate(
     for i, batch in enumerate(tqdm(loader, desc=desc, unit="batch", leave=False)):
         if max_batches is not None and i >= max_batches:
             break
-        model.set_input(batch)
-        with torch.no_grad():
-            out = model.sample()
-            model.outputs = out.outputs
-            model.compose()
-            baseline = fill_baseline(model.real_A, model.mask, model.height, model.h2)
-        fake = model.fake_B[:, 0].cpu().numpy()
-        seg = (model.fine_seg[:, 0] > 0.5).cpu().numpy()
-        base = baseline[:, 0].cpu().numpy()
+        out = model.infer(batch, steps=steps)
+        h2 = band_px(batch["A"].shape[-2])
+        baseline = fill_baseline(batch["A"], batch["mask"], batch["height"].float().reshape(-1), h2)
+        result.steps = out.steps
+        fake = out.fake_B[:, 0].cpu().numpy()
+        seg = (out.fine_seg[:, 0] > 0.5).cpu().numpy()
+        base = baseline[:, 0].numpy()
         std = None if out.std is None else out.std[:, 0].cpu().numpy()
         h_std = None if out.height_std is None else out.height_std.reshape(-1).cpu().numpy()
-        rows_pred = model.rows2.cpu().numpy()
+        rows_pred = out.rows2.cpu().numpy()
         truth_b = batch["truth_B"][:, 0].numpy()
         truth_m = batch["truth_vert_mask"][:, 0].numpy() > 0.5
         for j, key in enumerate(batch["id"]):
@@ -157,6 +162,7 @@ def evaluate(
                 "grade": int(batch["grade"][j]),
                 "truth": batch["truth_kind"][j],
                 **extra,
+                "steps": "" if out.steps is None else out.steps,
             }
             h_seg = mask_height(seg[j])
             row.update(slice_metrics(fake[j], truth_b[j], seg[j], truth_m[j], band, h_seg, h_gt))
@@ -166,7 +172,7 @@ def evaluate(
             row["rhdr_head"] = float(rhdr(float(rows_pred[j]), h_gt))
             row["height_gt_px"] = h_gt
             if h_std is not None:
-                row["height_std_px"] = float(h_std[j] * model.h2)
+                row["height_std_px"] = float(h_std[j] * h2)
             fill = slice_metrics(base[j], truth_b[j], truth_m[j], truth_m[j], band)
             for k in ("ssim_patch", "psnr_patch", "ssim_global", "psnr_global"):
                 row[f"fill_{k}"] = fill[k]
