@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from data import find_dataset
+from evaluation.slice_eval import evaluate
 from models import create_model
 from options.test_options import TestOptions
 from util.cli import run_main
-from util.evaluation import evaluate
 from util.io import write_json_atomic
 from util.metrics import summarise
 from util.misc import seed_everything
@@ -49,8 +49,7 @@ def run(opt) -> dict:
     model.eval()
     epoch_label = str(opt.epoch)
     out_dir = Path(opt.results_dir) / opt.name / f"{opt.phase}_{epoch_label}"
-    steps = getattr(opt, "num_inference_steps", None) if opt.netG_type == "diffusion" else None
-    columns = {"netG_type": opt.netG_type, "steps": steps if steps is not None else ""}
+    columns = {"netG_type": opt.netG_type}
 
     result = evaluate(
         model,
@@ -76,7 +75,7 @@ def run(opt) -> dict:
         "phase": opt.phase,
         "checkpoint": str(model.checkpoint_path(epoch_label)),
         "checkpoint_epoch": model.epoch,
-        "steps": steps,
+        "steps": result.steps,
         "ema": bool(model.use_ema),
         "num_samples": getattr(opt, "num_samples", 1),
         "n_slices": n,

@@ -67,7 +67,7 @@ def _check_contract(out: GeneratorOutput, inp: GeneratorInput, size: int, batch:
 @pytest.mark.parametrize("size", [64, 256])
 @pytest.mark.parametrize("netg", ["gan", "diffusion"])
 def test_seven_outputs_for_both_generator_types(netg, size):
-    gen, _ = _generator(netg, size, **({"num_inference_steps": 4} if netg == "diffusion" else {}))
+    gen, _ = _generator(netg, size)
     with torch.no_grad():  # leave the zero-initialised output layers: a non-trivial network
         for p in gen.parameters():
             p.add_(0.02 * torch.randn_like(p))
@@ -75,7 +75,7 @@ def test_seven_outputs_for_both_generator_types(netg, size):
     train_out = gen.train().training_forward(inp, target)
     _check_contract(train_out.outputs, inp, size, 2)
     assert train_out.x0_weight.shape == (2,)
-    sample = gen.eval().sample(inp, generator=torch.Generator().manual_seed(0))
+    sample = gen.eval().sample(inp, steps=4, generator=torch.Generator().manual_seed(0))
     _check_contract(sample.outputs, inp, size, 2)
     if netg == "diffusion":
         assert set(train_out.aux_losses) == {"diff"}
@@ -202,14 +202,14 @@ def _stack(samples: list[dict]) -> tuple[GeneratorInput, torch.Tensor]:
 
 
 def _band_l1(gen, inp, target) -> float:
-    out = gen.eval().sample(inp, generator=torch.Generator().manual_seed(0)).outputs
+    out = gen.eval().sample(inp, steps=10, generator=torch.Generator().manual_seed(0)).outputs
     band = inp.band_mask.bool()
     return float((out.x_stage2[band] - target[band]).abs().mean())
 
 
 def test_short_overfit_makes_ddim_sample_approach_the_truth(phantom_slices):
     torch.manual_seed(0)
-    gen, _ = _generator("diffusion", 64, num_inference_steps=10, snr_gamma=5)
+    gen, _ = _generator("diffusion", 64, snr_gamma=5)
     inp, target = _stack(phantom_slices)
     untrained = _band_l1(gen, inp, target)
     optim = torch.optim.Adam(gen.parameters(), lr=3e-3)
@@ -225,12 +225,12 @@ def test_short_overfit_makes_ddim_sample_approach_the_truth(phantom_slices):
 
 
 def test_sampling_is_deterministic_for_a_seed_with_eta_zero():
-    gen, _ = _generator("diffusion", 64, num_inference_steps=4, eta=0.0)
+    gen, _ = _generator("diffusion", 64, eta=0.0)
     inp, _ = _inputs(2, 64)
     gen.eval()
-    a = gen.sample(inp, generator=torch.Generator().manual_seed(5)).outputs.x_stage2
-    b = gen.sample(inp, generator=torch.Generator().manual_seed(5)).outputs.x_stage2
-    c = gen.sample(inp, generator=torch.Generator().manual_seed(6)).outputs.x_stage2
+    a = gen.sample(inp, steps=4, generator=torch.Generator().manual_seed(5)).outputs.x_stage2
+    b = gen.sample(inp, steps=4, generator=torch.Generator().manual_seed(5)).outputs.x_stage2
+    c = gen.sample(inp, steps=4, generator=torch.Generator().manual_seed(6)).outputs.x_stage2
     assert torch.equal(a, b)
     assert not torch.equal(a, c)  # the seed matters: the band starts from noise
 

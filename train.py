@@ -21,10 +21,10 @@ import time
 from tqdm import tqdm
 
 from data import create_dataset, find_dataset
+from evaluation.slice_eval import evaluate
 from models import create_model
 from options.train_options import TrainOptions
 from util.cli import run_main
-from util.evaluation import evaluate
 from util.io import write_json_atomic
 from util.metrics import summarise
 from util.misc import seed_everything
@@ -55,8 +55,9 @@ VALIDATION_KEYS = (
 
 
 class Validator:
-    """``--eval_freq``: evaluate the normal vertebrae of the val split, log the metrics and
-    keep ``best_checkpoint.pth`` by band SSIM."""
+    """``--eval_freq``: evaluate the normal vertebrae of the val split (the inference pipeline
+    with ``--num_inference_steps``), log the metrics and keep ``best_checkpoint.pth`` by band
+    SSIM."""
 
     def __init__(self, opt, model) -> None:
         val_opt = copy.copy(opt)
@@ -70,16 +71,15 @@ class Validator:
             self.best = json.loads(self.best_path.read_text())["ssim_patch"]
 
     def __call__(self, epoch: int, keep_best: bool = True) -> dict[str, float]:
-        with self.model.sampling_steps(self.opt.eval_steps):
-            result = evaluate(
-                self.model,
-                self.dataset,
-                batch_size=self.opt.batch_size,
-                num_workers=0,
-                max_batches=self.opt.eval_max_batches,
-                seed=self.opt.seed,
-                desc=f"val epoch {epoch}",
-            )
+        result = evaluate(
+            self.model,
+            self.dataset,
+            batch_size=self.opt.batch_size,
+            num_workers=0,
+            max_batches=self.opt.eval_max_batches,
+            seed=self.opt.seed,
+            desc=f"val epoch {epoch}",
+        )
         self.model.train()
         means = {k: v["mean"] for k, v in summarise(result.rows).items() if k in VALIDATION_KEYS}
         tqdm.write(

@@ -54,13 +54,22 @@ def bench_gan(cfg: Config, ctx: dict[str, Any]) -> dict[str, Any]:
 
 
 def _time_sample(
-    gen: torch.nn.Module, inp: GeneratorInput, steps: int, repeats: int, device: torch.device
+    gen: torch.nn.Module,
+    inp: GeneratorInput,
+    steps: int,
+    repeats: int,
+    device: torch.device,
+    prec: str = "fp32",
 ) -> dict[str, Any]:
-    """Timed ``gen.sample`` runs of ``steps`` DDIM steps (no warm-up), seeded noise."""
-    gen.num_inference_steps = steps
+    """Timed ``gen.sample`` runs of ``steps`` DDIM steps (no warm-up), seeded noise, under
+    the autocast of ``prec`` (as the model's ``--precision``)."""
     seed = torch.Generator(device="cpu").manual_seed(0)
-    return measure(lambda: gen.sample(inp, generator=seed), repeats=repeats, warmup=0,
-                   device=device)  # fmt: skip
+
+    def run() -> None:
+        with autocast(device, prec):
+            gen.sample(inp, steps=steps, generator=seed)
+
+    return measure(run, repeats=repeats, warmup=0, device=device)
 
 
 def _sampling(
@@ -74,15 +83,15 @@ def _sampling(
     for batch in cfg.sample_batches:
         inp = generator_input(synthetic_batch(batch, cfg.img_size, seed=2), dev)
         for prec in precisions(ctx["machine"]):
-            gen.bf16_inference = prec == "bf16"
             for _ in range(cfg.warmup):  # one-step runs build the kernels for this shape
-                _time_sample(gen, inp, 1, 1, dev)
-            probe = _time_sample(gen, inp, cfg.probe_steps, cfg.repeats, dev)
+                _time_sample(gen, inp, 1, 1, dev, prec)
+            probe = _time_sample(gen, inp, cfg.probe_steps, cfg.repeats, dev, prec)
             step = scaled(probe, 1.0 / cfg.probe_steps)
             per_step[(batch, prec)] = step
             for steps in cfg.sample_steps:
                 if step["median_ms"] * steps * cfg.repeats / 1000.0 <= cfg.direct_budget_s:
-                    stats, method = _time_sample(gen, inp, steps, cfg.repeats, dev), "measured"
+                    stats = _time_sample(gen, inp, steps, cfg.repeats, dev, prec)
+                    method = "measured"
                 else:
                     stats, method = scaled(step, steps), "extrapolated"
                 sampling.append({
@@ -108,10 +117,9 @@ def _whole_vertebra(
     batch = min(cfg.vertebra_max_batch, n_slices)
     n_calls = math.ceil(n_slices / batch)
     prec = "bf16" if machine["bf16"]["fast"] else "fp32"
-    gen.bf16_inference = prec == "bf16"
     inp = generator_input(synthetic_batch(batch, cfg.img_size, seed=3), dev)
-    _time_sample(gen, inp, 1, 1, dev)  # warm-up at this batch size (oneDNN plans per shape)
-    run = _time_sample(gen, inp, cfg.vertebra_steps, 1, dev)
+    _time_sample(gen, inp, 1, 1, dev, prec)  # warm-up at this batch size (oneDNN plans per shape)
+    run = _time_sample(gen, inp, cfg.vertebra_steps, 1, dev, prec)
     seconds = run["median_ms"] * n_calls / 1000.0
     ref_b = batch if batch in cfg.sample_batches else max(cfg.sample_batches)
     estimates = {
@@ -120,7 +128,6 @@ def _whole_vertebra(
         if b == ref_b
     }
     gan_fwd = ctx["results"].get("gan", {}).get("forward", [])
-    gen.bf16_inference = False
     return {
         "slices": n_slices, "batch": batch, "calls": n_calls, "steps": cfg.vertebra_steps,
         "precision": prec, "method": "measured (one full run)", "seconds": seconds,
@@ -142,7 +149,7 @@ def bench_diffusion(cfg: Config, ctx: dict[str, Any]) -> dict[str, Any]:
         "crop_rows": gen.crop_rows,
         "crop_at_256": model.opt.diffusion_crop,
         "unet_input": f"{gen.crop_rows} x {cfg.img_size} (central crop of the slice)",
-        "bf16_via": "DiffusionGenerator.bf16_inference (--diffusion_bf16)",
+        "bf16_via": "autocast around sample(), as the model's --precision bf16",
     }
     # 1. Like-for-like with the diffusers reference: one U-Net call on a whole slice, batch 1.
     x = torch.zeros(1, 1, cfg.img_size, cfg.img_size, device=dev)

@@ -1,27 +1,26 @@
-"""Dataset registry: ``--dataset_mode <mode>`` loads ``data/<mode>_dataset.py:<Mode>Dataset``."""
+"""Dataset registry: ``--dataset_mode <mode>`` selects the class registered as ``<mode>``
+(``@DATASETS.register("vertebra")`` in ``data/vertebra_dataset.py``)."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from data.base_dataset import BaseDataset
-from util.registry import available, find_class
+from data.base_dataset import DATASETS, BaseDataset
 
-__all__ = ["BaseDataset", "create_dataset", "dataset_modes", "find_dataset"]
+__all__ = ["DATASETS", "BaseDataset", "create_dataset", "dataset_modes", "find_dataset"]
 
 
 def dataset_modes() -> list[str]:
     """Names accepted by ``--dataset_mode``."""
-    return available(sys.modules[__name__], "dataset")
+    return DATASETS.names()
 
 
 def find_dataset(mode: str) -> type[BaseDataset]:
     """The dataset class registered as ``mode``; ``ValueError`` lists the choices."""
-    return find_class(sys.modules[__name__], "dataset", mode, BaseDataset, "--dataset_mode")
+    return DATASETS.get(mode)
 
 
 def create_dataset(opt: argparse.Namespace) -> DataLoader:

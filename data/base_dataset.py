@@ -11,6 +11,8 @@ from typing import Self
 
 import torch.utils.data
 
+from util.registry import Registry
+
 
 class BaseDataset(torch.utils.data.Dataset):
     """Base class of the datasets found by ``--dataset_mode``.
@@ -30,3 +32,9 @@ class BaseDataset(torch.utils.data.Dataset):
         parser: argparse.ArgumentParser, is_train: bool
     ) -> argparse.ArgumentParser:
         return parser
+
+
+#: ``--dataset_mode``: datasets by name; built-in ones in ``data/*_dataset.py``.
+DATASETS: Registry[BaseDataset] = Registry(
+    "--dataset_mode", BaseDataset, package="data", suffix="dataset"
+)

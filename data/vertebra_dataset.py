@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.base_dataset import BaseDataset
+from data.base_dataset import DATASETS, BaseDataset
 from data.vertebra_geometry import (
     build_slice_sample,
     central_range,
@@ -184,6 +184,7 @@ def load_splits(dataroot: str | Path) -> dict[str, dict[str, int]]:
 
 
 # ----------------------------------------------------------------------------- dataset
+@DATASETS.register("vertebra")
 class VertebraDataset(BaseDataset):
     """Sagittal slices of the vertebrae of one split (see the module docstring).
 

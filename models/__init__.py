@@ -1,15 +1,17 @@
-"""Model registry: ``--model <name>`` loads ``models/<name>_model.py:<Name>Model``."""
+"""Model registry: ``--model <name>`` selects the class registered as ``<name>``
+(``@MODELS.register("pix2pix")`` in ``models/pix2pix_model.py``); generator types likewise with
+``--netG_type`` (``models/generator_base.py``)."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 
-from models.base_model import BaseModel
-from models.generator_base import find_generator, generator_types
-from util.registry import available, find_class
+from models.base_model import MODELS, BaseModel
+from models.generator_base import GENERATORS, find_generator, generator_types
 
 __all__ = [
+    "GENERATORS",
+    "MODELS",
     "BaseModel",
     "create_model",
     "find_generator",
@@ -21,12 +23,12 @@ __all__ = [
 
 def model_names() -> list[str]:
     """Names accepted by ``--model``."""
-    return available(sys.modules[__name__], "model")
+    return MODELS.names()
 
 
 def find_model(name: str) -> type[BaseModel]:
     """The model class registered as ``name``; ``ValueError`` lists the choices."""
-    return find_class(sys.modules[__name__], "model", name, BaseModel, "--model")
+    return MODELS.get(name)
 
 
 def create_model(opt: argparse.Namespace) -> BaseModel:

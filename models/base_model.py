@@ -15,6 +15,7 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 from util.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from util.registry import Registry
 
 OptionSetter = Callable[[argparse.ArgumentParser, bool], argparse.ArgumentParser]
 
@@ -59,7 +60,8 @@ class BaseModel(abc.ABC):
 
     @abc.abstractmethod
     def forward(self) -> None:
-        """Run the networks; used by both training and :meth:`test`."""
+        """Training pass of the networks on the batch of :meth:`set_input`. Inference is each
+        model's own pipeline (e.g. ``Pix2PixModel.infer``)."""
 
     @abc.abstractmethod
     def optimize_parameters(self) -> None:
@@ -97,12 +99,6 @@ class BaseModel(abc.ABC):
     def train(self) -> None:
         for net in self.networks().values():
             net.train()
-
-    def test(self) -> None:
-        """Forward without gradients, then :meth:`compute_visuals`."""
-        with torch.no_grad():
-            self.forward()
-            self.compute_visuals()
 
     def update_learning_rate(self) -> float:
         """Step every scheduler once (call at the end of an epoch); return the new lr."""
@@ -180,6 +176,10 @@ class BaseModel(abc.ABC):
             restore_rng_state(ckpt["rng"])
         print(f"loaded checkpoint {path} (epoch {self.epoch}, {self.total_iters} samples)")
         return ckpt
+
+
+#: ``--model``: models by name; built-in ones in ``models/*_model.py``.
+MODELS: Registry[BaseModel] = Registry("--model", BaseModel, package="models", suffix="model")
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, opt: argparse.Namespace):

@@ -31,12 +31,12 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from models.generator_base import (
+    GENERATORS,
     Generator,
     GeneratorInput,
     GeneratorOutput,
     SampleOutput,
     TrainingOutput,
-    register_generator,
 )
 
 
@@ -92,7 +92,7 @@ class CamModulation(nn.Module):
         return feat * (1.0 + scale) + shift
 
 
-class HeightHead(nn.Module):
+class GanHeightHead(nn.Module):
     """Global average pool -> FC -> sigmoid: (B, C, h, w) -> (B, 1) height in [0, 1] of h2."""
 
     def __init__(self, channels: int) -> None:
@@ -155,7 +155,7 @@ class CoarseGenerator(nn.Module):
         super().__init__()
         self.body = nn.Sequential(*_encoder(in_nc, ngf), *_atrous(ngf))
         self.decoder = _Decoder(4 * ngf, ngf, with_cam=True)
-        self.height = HeightHead(4 * ngf)
+        self.height = GanHeightHead(4 * ngf)
 
     def forward(self, x: Tensor, cam: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         bottleneck, img, seg = self.decoder(self.body(x), cam)
@@ -260,7 +260,7 @@ class FineGenerator(nn.Module):
         self.attn_encoder = nn.Sequential(*_encoder(in_nc, ngf))
         self.attn_decoder = nn.Sequential(EluConv(4 * ngf, 4 * ngf), EluConv(4 * ngf, 4 * ngf))
         self.decoder = _Decoder(8 * ngf, ngf, with_cam=False)
-        self.height = HeightHead(4 * ngf)
+        self.height = GanHeightHead(4 * ngf)
 
     def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         attended, flow = contextual_attention(self.attn_encoder(x), mask)
@@ -320,7 +320,7 @@ def _logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
-@register_generator("gan")
+@GENERATORS.register("gan")
 class GanGenerator(Generator):
     """HealthiVert-GAN's generator behind the :class:`Generator` interface."""
 
@@ -354,8 +354,13 @@ class GanGenerator(Generator):
         return TrainingOutput(outputs=outputs, aux_losses={}, x0_weight=weight)
 
     def sample(
-        self, inp: GeneratorInput, *, generator: torch.Generator | None = None
+        self,
+        inp: GeneratorInput,
+        *,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
     ) -> SampleOutput:
-        """Deterministic: the training forward without gradients (``generator`` unused)."""
+        """Deterministic: the training forward without gradients (one pass: ``steps`` and
+        ``generator`` are unused)."""
         with torch.no_grad():
             return SampleOutput(outputs=self.net(inp))

@@ -1,6 +1,8 @@
-"""The interface both generator types implement, and their registry (``--netG_type``).
+"""The interface every generator type implements, and their registry (``--netG_type``).
 
-The pix2pix model holds one :class:`Generator` chosen by name; it never branches on the type.
+The pix2pix model holds one :class:`Generator` chosen by name; nothing outside the generator
+modules branches on the type. A new type is one file, ``models/<name>_generator.py``, whose
+class is decorated with ``@GENERATORS.register("<name>")`` (or a registration in any module).
 All images are in "A geometry" (see ``data/base_dataset.py``): the band of ``h2`` rows centred
 on the slice is unknown, the context around it is known. SHRM composition, losses and
 discriminators live in the pix2pix model and are the same for every generator.
@@ -10,11 +12,12 @@ from __future__ import annotations
 
 import abc
 import argparse
-from collections.abc import Callable
-from typing import ClassVar, NamedTuple, TypeVar
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
+
+from util.registry import Registry
 
 
 class GeneratorOutput(NamedTuple):
@@ -80,18 +83,18 @@ class SampleOutput(NamedTuple):
     * ``std``: (B, 1, H, W) per-pixel standard deviation of ``x_stage2`` over samples, or
       ``None`` for a single deterministic sample.
     * ``height_std``: (B, 1) standard deviation of ``pred2_h`` over samples, or ``None``.
+    * ``steps``: sampling steps run per slice, ``None`` for a one-pass generator.
     """
 
     outputs: GeneratorOutput
     std: Tensor | None = None
     height_std: Tensor | None = None
+    steps: int | None = None
 
 
 class Generator(nn.Module, abc.ABC):
     """A generator type selectable with ``--netG_type``."""
 
-    #: Name under which the class is registered.
-    name: ClassVar[str] = ""
     #: Keys of ``TrainingOutput.aux_losses`` (each gets a ``--lambda_<key>`` weight).
     aux_loss_names: ClassVar[tuple[str, ...]] = ()
     #: Default EMA decay of the weights for this type (0 = no EMA).
@@ -121,45 +124,31 @@ class Generator(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def sample(
-        self, inp: GeneratorInput, *, generator: torch.Generator | None = None
+        self,
+        inp: GeneratorInput,
+        *,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
     ) -> SampleOutput:
-        """Inference (no gradients needed). ``generator`` seeds any randomness."""
+        """Inference (no gradients needed); outputs in A geometry, like training's.
+
+        ``steps``: sampling steps for this call (``None`` = the generator's own default); a
+        one-pass generator ignores it. ``generator`` seeds any randomness. Precision is the
+        caller's (the model runs this under its ``--precision`` autocast)."""
 
 
-_GENERATORS: dict[str, type[Generator]] = {}
-_G = TypeVar("_G", bound=type[Generator])
-
-
-def register_generator(name: str) -> Callable[[_G], _G]:
-    """Class decorator that makes a generator available as ``--netG_type name``."""
-
-    def wrap(cls: _G) -> _G:
-        if name in _GENERATORS:
-            raise ValueError(f"generator type {name!r} is registered twice")
-        cls.name = name
-        _GENERATORS[name] = cls
-        return cls
-
-    return wrap
+#: ``--netG_type``: generator types by name. Built-in ones live in ``models/*_generator.py``
+#: (imported on the first lookup); any module can add one with ``@GENERATORS.register(name)``.
+GENERATORS: Registry[Generator] = Registry(
+    "--netG_type", Generator, package="models", suffix="generator"
+)
 
 
 def generator_types() -> list[str]:
-    """Names of the registered generator types (imports the built-in ones)."""
-    _import_builtin()
-    return sorted(_GENERATORS)
+    """Names accepted by ``--netG_type`` (the built-in ones and any registered so far)."""
+    return GENERATORS.names()
 
 
 def find_generator(name: str) -> type[Generator]:
     """Look a generator type up by name; ``ValueError`` lists the choices."""
-    _import_builtin()
-    try:
-        return _GENERATORS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown --netG_type {name!r}; choose one of: {', '.join(sorted(_GENERATORS))}"
-        ) from None
-
-
-def _import_builtin() -> None:
-    # Importing the modules runs their @register_generator decorators.
-    from models import diffusion_generator, gan_generator  # noqa: F401
+    return GENERATORS.get(name)

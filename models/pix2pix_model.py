@@ -4,6 +4,10 @@ PatchGAN discriminators, the shared losses and an optional EMA of the generator 
 Nothing here branches on the generator type: the generator object returns the seven outputs
 (``models/generator_base.py``) plus its own auxiliary losses and per-sample weights, and the
 model composes, scores and optimises them the same way for both.
+
+Inference is one pipeline, :meth:`Pix2PixModel.infer`: a batch in, the generator's sample
+composed with SHRM out (:class:`InferenceOutput`). Validation during training, test.py and
+whole-vertebra synthesis (``evaluation/``) all call it.
 """
 
 from __future__ import annotations
@@ -11,26 +15,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel
 
-from models.base_model import BaseModel, OptionSetter
+from models.base_model import MODELS, BaseModel, OptionSetter
 from models.discriminators import (
     GANLoss,
     HealthiVertDiscriminators,
     discriminator_losses,
     generator_gan_loss,
 )
-from models.generator_base import (
-    Generator,
-    GeneratorInput,
-    GeneratorOutput,
-    SampleOutput,
-    find_generator,
-)
+from models.generator_base import Generator, GeneratorInput, GeneratorOutput, find_generator
 from models.losses import (
     LossWeights,
     add_loss_options,
@@ -39,13 +38,48 @@ from models.losses import (
     sobel_edge_loss,
     two_stage_l1_loss,
 )
-from models.shrm import restored_height_rows, shrm_compose
+from models.shrm import shrm_outputs
 from util.geometry import band_px
 
 #: Visuals with values in [0, 1]; the others (CT) are in [-1, 1].
 UNIT_RANGE_VISUALS = frozenset({"mask", "fine_seg", "vert_mask", "cam"})
 
 
+@dataclass(frozen=True)
+class InferenceOutput:
+    """What :meth:`Pix2PixModel.infer` returns for a batch of ``B`` slices of ``S x S`` px.
+
+    SHRM-composed (B geometry when the restored height equals the true one):
+
+    * ``fake_B``     (B, 1, S, S) in [-1, 1]: stage-2 CT, the synthesis.
+    * ``fake_B1``    (B, 1, S, S) in [-1, 1]: stage-1 CT.
+    * ``fine_seg``   (B, 1, S, S) in [0, 1]: stage-2 segmentation of the target vertebra.
+    * ``coarse_seg`` (B, 1, S, S) in [0, 1]: stage-1 segmentation of the normal vertebrae.
+    * ``rows1``, ``rows2`` (B,) int64 in [1, h2]: heights in rows that stage 1 and stage 2
+      were restored to (``rows2`` is the height SHRM gives the synthesised vertebra).
+
+    As sampled (A geometry):
+
+    * ``raw``: the generator's seven outputs (``GeneratorOutput``), float32.
+    * ``std`` (B, 1, S, S): per-pixel standard deviation of ``x_stage2`` over the samples
+      drawn (0 outside the band), ``None`` for one deterministic sample.
+    * ``height_std`` (B, 1): standard deviation of ``pred2_h`` (fraction of ``h2``), or ``None``.
+    * ``steps``: sampling steps run per slice, ``None`` for a one-pass generator.
+    """
+
+    fake_B: Tensor
+    fake_B1: Tensor
+    fine_seg: Tensor
+    coarse_seg: Tensor
+    rows1: Tensor
+    rows2: Tensor
+    raw: GeneratorOutput
+    std: Tensor | None = None
+    height_std: Tensor | None = None
+    steps: int | None = None
+
+
+@MODELS.register("pix2pix")
 class Pix2PixModel(BaseModel):
     """HealthiVert pseudo-healthy vertebra synthesis."""
 
@@ -58,8 +92,17 @@ class Pix2PixModel(BaseModel):
             "--precision",
             default="fp32",
             choices=["fp32", "bf16"],
-            help="bf16 runs the networks under autocast (fast on CPUs with AMX/"
-            "AVX512-BF16 and recent GPUs); losses stay in fp32",
+            help="bf16 runs the networks under autocast in training and at inference, for "
+            "every generator type (fast on CPUs with AMX/AVX512-BF16 and recent GPUs); losses "
+            "and the diffusion scheduler stay in fp32",
+        )
+        g.add_argument(
+            "--num_inference_steps",
+            type=int,
+            default=None,
+            help="sampling steps per slice at inference (validation, test.py, whole-vertebra "
+            "synthesis); default: the generator's own (diffusion: 25, and 10 for validation "
+            "during training); one-pass generators (gan) ignore it",
         )
         g.add_argument(
             "--ema_decay",
@@ -99,6 +142,10 @@ class Pix2PixModel(BaseModel):
         self.model_names = ["G"]
         self.h2 = band_px(opt.img_size)
         self.autocast_dtype = torch.bfloat16 if opt.precision == "bf16" else None
+        # The one reading of --num_inference_steps: the default of infer(steps=...).
+        self.default_steps: int | None = opt.num_inference_steps
+        if self.default_steps is not None and self.default_steps < 1:
+            raise ValueError(f"--num_inference_steps must be >= 1, got {self.default_steps}")
         decay = gen_cls.default_ema_decay if opt.ema_decay is None else opt.ema_decay
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"--ema_decay must be in [0, 1), got {decay}")
@@ -136,22 +183,16 @@ class Pix2PixModel(BaseModel):
 
     # ------------------------------------------------------------------ data
     def set_input(self, batch: dict[str, Any]) -> None:
-        """Move a batch of ``VertebraDataset`` samples to the device (keys: see
+        """Move a training batch of ``VertebraDataset`` samples to the device (keys: see
         docs/ARCHITECTURE.md)."""
         dev = self.device
-        self.real_A = batch["A"].to(dev)
+        self.inp, self.height = batch_input(batch, dev)
+        self.real_A, self.mask = self.inp.masked_ct, self.inp.band_mask
+        self.cam = batch["CAM"].to(dev)  # the CAM as a visual; the generator sees 1 - CAM
         self.real_B = batch["B"].to(dev)
-        self.mask = batch["mask"].to(dev)
         self.vert_mask = batch["vert_mask"].to(dev)
         self.normal_vert = batch["normal_vert"].to(dev)
-        self.cam = batch["CAM"].to(dev)
-        self.height = batch["height"].to(dev).float().reshape(-1)
-        self.slice_ratio = batch["slice_ratio"].to(dev).float().reshape(-1)
         self.ids = list(batch.get("id", []))
-
-    def generator_input(self) -> GeneratorInput:
-        # HGAM: the generator sees the inverted CAM, as the original.
-        return GeneratorInput(self.real_A, self.mask, 1.0 - self.cam, self.slice_ratio)
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -160,56 +201,59 @@ class Pix2PixModel(BaseModel):
 
     # ------------------------------------------------------------------ forward
     def forward(self) -> None:
-        """Training: one generator pass. Evaluation: :meth:`sample`."""
-        if self.netG.training:
-            target = self.mask * self.real_B + (1 - self.mask) * self.real_A
-            with self._autocast():
-                result = self.netG.training_forward(self.generator_input(), target)
-            self.aux_losses = {k: v.float() for k, v in result.aux_losses.items()}
-            self.x0_weight = result.x0_weight.float().detach()
-            self.outputs = _as_float(result.outputs)
-            self.sample_std = None
-        else:
-            result = self.sample()
-            self.outputs = result.outputs
-            self.sample_std = result.std
-        self.compose()
+        """Training pass: the generator's training forward on the batch of :meth:`set_input`,
+        composed with SHRM (the inputs of the losses and discriminators)."""
+        target = self.mask * self.real_B + (1 - self.mask) * self.real_A
+        with self._autocast():
+            result = self.netG.training_forward(self.inp, target)
+        self.aux_losses = {k: v.float() for k, v in result.aux_losses.items()}
+        self.x0_weight = result.x0_weight.float().detach()
+        self.outputs = _as_float(result.outputs)
+        composed = shrm_outputs(self.outputs, self.height, self.h2).composed
+        self.fake_B1, self.fake_B = composed.x_stage1, composed.x_stage2
+        self.coarse_seg, self.fine_seg = composed.coarse_seg, composed.fine_seg
 
     @torch.no_grad()
-    def sample(self, generator: torch.Generator | None = None) -> SampleOutput:
-        """Inference with the EMA weights when present (unless ``--no_ema``)."""
+    def infer(
+        self,
+        batch: dict[str, Any],
+        *,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> InferenceOutput:
+        """The inference pipeline: sample the band of every slice of ``batch``, then restore
+        the height with SHRM (:func:`models.shrm.shrm_outputs`, as in training).
+
+        Uses the EMA weights when present (unless ``--no_ema``) and ``--precision``; the
+        model's state is not changed. Put the model in eval mode first (:meth:`eval`).
+
+        Args:
+            batch: a collated batch of ``VertebraDataset`` samples; reads ``A``, ``mask``,
+                ``CAM``, ``slice_ratio`` and ``height`` (docs/ARCHITECTURE.md).
+            steps: sampling steps for this call; ``None`` = ``--num_inference_steps``, or the
+                generator's own default when that is unset. One-pass generators ignore it.
+            generator: seeds the sampling noise (``None``: torch's global RNG).
+        """
+        inp, height = batch_input(batch, self.device)
         net = self.ema.module if self.use_ema else self.netG
         with self._autocast():
-            out = net.sample(self.generator_input(), generator=generator)
-        return SampleOutput(_as_float(out.outputs), out.std, out.height_std)
-
-    @contextlib.contextmanager
-    def sampling_steps(self, steps: int | None):
-        """Temporarily sample with ``steps`` inference steps (for generators that have a
-        ``num_inference_steps``; others ignore it), e.g. a quick validation during training."""
-        nets = [
-            n
-            for n in (self.netG, self.ema.module if self.ema else None)
-            if n is not None and hasattr(n, "num_inference_steps")
-        ]
-        saved = [n.num_inference_steps for n in nets]
-        try:
-            for n in nets:
-                n.num_inference_steps = steps or n.num_inference_steps
-            yield
-        finally:
-            for n, old in zip(nets, saved, strict=True):
-                n.num_inference_steps = old
-
-    def compose(self) -> None:
-        """SHRM: restore each stage's predicted height around the input context (B geometry)."""
-        o = self.outputs
-        self.rows1 = restored_height_rows(o.pred1_h, self.height, self.h2)
-        self.rows2 = restored_height_rows(o.pred2_h, self.height, self.h2)
-        self.fake_B1 = shrm_compose(o.x_stage1, self.real_A, self.rows1, self.h2)
-        self.fake_B = shrm_compose(o.x_stage2, self.real_A, self.rows2, self.h2)
-        self.coarse_seg = shrm_compose(o.coarse_seg, o.coarse_seg, self.rows1, self.h2)
-        self.fine_seg = shrm_compose(o.fine_seg, o.fine_seg, self.rows2, self.h2)
+            out = net.sample(
+                inp, steps=self.default_steps if steps is None else steps, generator=generator
+            )
+        raw = _as_float(out.outputs)
+        shrm = shrm_outputs(raw, height, self.h2)
+        return InferenceOutput(
+            fake_B=shrm.composed.x_stage2,
+            fake_B1=shrm.composed.x_stage1,
+            fine_seg=shrm.composed.fine_seg,
+            coarse_seg=shrm.composed.coarse_seg,
+            rows1=shrm.rows1,
+            rows2=shrm.rows2,
+            raw=raw,
+            std=None if out.std is None else out.std.float(),
+            height_std=None if out.height_std is None else out.height_std.float(),
+            steps=out.steps,
+        )
 
     # ------------------------------------------------------------------ losses
     def backward_D(self) -> None:
@@ -332,6 +376,18 @@ def warmup_ema_multi_avg_fn(decay: float):
                 a.copy_(c)
 
     return update
+
+
+def batch_input(batch: dict[str, Any], device: torch.device) -> tuple[GeneratorInput, Tensor]:
+    """The generator's input and the measured heights (B,) in rows of a collated batch, on
+    ``device``. HGAM: the generator sees the inverted CAM, as the original."""
+    inp = GeneratorInput(
+        masked_ct=batch["A"].to(device),
+        band_mask=batch["mask"].to(device),
+        cam=1.0 - batch["CAM"].to(device),
+        slice_ratio=batch["slice_ratio"].to(device).float().reshape(-1),
+    )
+    return inp, batch["height"].to(device).float().reshape(-1)
 
 
 def _as_float(o: GeneratorOutput) -> GeneratorOutput:

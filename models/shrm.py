@@ -14,6 +14,8 @@ with tensor arithmetic and applied with one ``gather``.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
@@ -115,14 +117,29 @@ def shrm_compose(
     return torch.where(from_band[:, None, :, None], picked_band, picked_context)
 
 
-def shrm_outputs(outputs: GeneratorOutput, measured_h: Tensor, h2: int) -> GeneratorOutput:
-    """Apply SHRM to a generator's seven outputs (what the model feeds losses and Ds).
+class ShrmOutput(NamedTuple):
+    """Result of :func:`shrm_outputs`.
+
+    * ``composed``: the seven outputs with the four images height-restored (B geometry when
+      the restored height equals the true one); ``offset_flow`` and the heights as given.
+    * ``rows1``, ``rows2``: (B,) int64 heights in rows, in [1, h2], that stage 1
+      (``x_stage1``, ``coarse_seg``) and stage 2 (``x_stage2``, ``fine_seg``) were restored to.
+    """
+
+    composed: GeneratorOutput
+    rows1: Tensor
+    rows2: Tensor
+
+
+def shrm_outputs(outputs: GeneratorOutput, measured_h: Tensor, h2: int) -> ShrmOutput:
+    """Apply SHRM to a generator's seven outputs: what the model feeds its losses and
+    discriminators in training and returns at inference (one composition for both).
 
     Stage 1 (``x_stage1``, ``coarse_seg``) is restored to the height predicted by
     ``pred1_h``, stage 2 (``x_stage2``, ``fine_seg``) to ``pred2_h``; each never below
     ``measured_h`` (:func:`restored_height_rows`). Every image is its own context source:
-    the stage images already carry the input's context outside the band, and the
-    segmentations their own. ``offset_flow`` and the heights are passed through.
+    the stage images carry the input's context outside the band (``GeneratorOutput``'s
+    contract, and SHRM reads context rows only outside the band), the segmentations their own.
 
     Args:
         outputs: the seven outputs in A geometry (``GeneratorOutput``).
@@ -130,14 +147,14 @@ def shrm_outputs(outputs: GeneratorOutput, measured_h: Tensor, h2: int) -> Gener
         h2: band height in rows.
 
     Returns:
-        ``GeneratorOutput`` with the four images composed (B geometry when the restored
-        height equals the true one).
+        :class:`ShrmOutput`: the composed outputs and the restored rows of each stage.
     """
     rows1 = restored_height_rows(outputs.pred1_h, measured_h, h2)
     rows2 = restored_height_rows(outputs.pred2_h, measured_h, h2)
-    return outputs._replace(
+    composed = outputs._replace(
         coarse_seg=shrm_compose(outputs.coarse_seg, outputs.coarse_seg, rows1, h2),
         fine_seg=shrm_compose(outputs.fine_seg, outputs.fine_seg, rows2, h2),
         x_stage1=shrm_compose(outputs.x_stage1, outputs.x_stage1, rows1, h2),
         x_stage2=shrm_compose(outputs.x_stage2, outputs.x_stage2, rows2, h2),
     )
+    return ShrmOutput(composed, rows1, rows2)

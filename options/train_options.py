@@ -68,12 +68,6 @@ class TrainOptions(BaseOptions):
             "best_checkpoint.pth by band SSIM",
         )
         g.add_argument(
-            "--eval_steps",
-            type=_positive_int,
-            default=10,
-            help="sampling steps during validation (generators that have steps)",
-        )
-        g.add_argument(
             "--eval_max_batches",
             type=_positive_int,
             default=None,

@@ -8,12 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from models.diffusion_generator import (
-    DiffusionGenerator,
-    DiffusionUNet,
-    crop_rows_for,
-    timestep_embedding,
-)
+from models.diffusion_generator import DiffusionGenerator, crop_rows_for
+from models.diffusion_unet import DiffusionUNet, timestep_embedding
 from models.generator_base import GeneratorInput, find_generator
 from models.noise_scheduler import DDPMScheduler
 from models.sampling import DenoiserOutput, ddim_inpaint
@@ -217,6 +213,23 @@ def test_sample_contract_known_region_and_determinism():
     assert torch.equal(d1, d2) and not torch.equal(d1, a.outputs.x_stage2)
 
 
+def test_steps_are_an_argument_of_each_call():
+    gen = _gen()  # default_steps 4
+    _randomize(gen.unet)
+    inp, _ = _batch()
+
+    def run(**kw):
+        return gen.sample(inp, generator=torch.Generator().manual_seed(0), **kw)
+
+    default, two = run(), run(steps=2)
+    assert (default.steps, two.steps) == (4, 2)
+    assert torch.equal(run(steps=4).outputs.x_stage2, default.outputs.x_stage2)
+    assert not torch.equal(two.outputs.x_stage2, default.outputs.x_stage2)
+    assert torch.equal(run().outputs.x_stage2, default.outputs.x_stage2)  # nothing persisted
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        run(steps=0)
+
+
 def test_num_samples_gives_mean_and_std_maps():
     gen = _gen(num_samples=3)
     _randomize(gen.unet)
@@ -260,12 +273,15 @@ def test_options_registry_and_crop():
     assert find_generator("diffusion") is DiffusionGenerator
     parser = DiffusionGenerator.modify_commandline_options(argparse.ArgumentParser(), True)
     opt = parser.parse_args(["--diffusion_beta_schedule", "cosine", "--prediction_type", "sample"])
-    assert (opt.diffusion_timesteps, opt.num_inference_steps, opt.eta) == (1000, 25, 0.0)
+    assert (opt.diffusion_timesteps, opt.eta) == (1000, 0.0)
+    # --num_inference_steps is the model's flag; the generator only sets its training default
+    assert opt.num_inference_steps == 10
     with pytest.raises(SystemExit):
         parser.parse_args(["--prediction_type", "noise"])
     opt.img_size = 64
     gen = DiffusionGenerator.from_opt(opt)
     assert gen.crop_rows == 24 and gen.scheduler.beta_schedule == "cosine"
+    assert gen.default_steps == 25
     assert gen.scheduler.prediction_type == "sample"
     assert [crop_rows_for(s, 96) for s in (64, 128, 256)] == [24, 48, 96]
     assert crop_rows_for(256, 0) == 256
@@ -285,12 +301,14 @@ def test_options_registry_and_crop():
 
 
 def test_bf16_inference_keeps_contract_and_tracks_fp32():
+    """Under the model's bf16 autocast (--precision bf16) the U-Net runs in bf16 while the
+    scheduler and the outputs stay in fp32."""
     gen = _gen()
     _randomize(gen.unet)
     inp, _ = _batch()
     ref = gen.sample(inp, generator=torch.Generator().manual_seed(0)).outputs
-    gen.bf16_inference = True
-    low = gen.sample(inp, generator=torch.Generator().manual_seed(0)).outputs
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = gen.sample(inp, generator=torch.Generator().manual_seed(0)).outputs
     assert low.x_stage2.dtype == torch.float32
     _check_seven(low, inp, 2, 64)
     # bf16 has ~3 significant digits: the samples agree to a few hundredths on average.

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from evaluation.compare import comparison_report, format_table, table_rows
-from util.evaluation import fill_baseline, mask_height
+from evaluation.slice_eval import fill_baseline, mask_height
 from util.geometry import band_rows
 
 

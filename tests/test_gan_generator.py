@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from models.discriminators import GANLoss, HealthiVertDiscriminators, generator_gan_loss
 from models.gan_generator import GanGenerator, contextual_attention
-from models.generator_base import GeneratorInput, GeneratorOutput
+from models.generator_base import GeneratorInput, GeneratorOutput, find_generator
 from models.losses import (
     LossWeights,
     dice_loss,
@@ -107,7 +107,7 @@ def test_size_parameters_and_options() -> None:
     opt = parser.parse_args([])
     opt.img_size = 128
     g = GanGenerator.from_opt(opt)
-    assert GanGenerator.name == "gan"
+    assert find_generator("gan") is GanGenerator
     n_params = sum(p.numel() for p in g.parameters())
     assert 0.85e6 < n_params < 1.15e6  # about 1.0 M, like the original at ngf 16
     with pytest.raises(ValueError, match="img_size"):
@@ -187,7 +187,7 @@ def test_one_training_step_changes_weights_with_finite_losses() -> None:
     w = LossWeights()
     before = [p.detach().clone() for p in g.parameters()]
     raw = g.training_forward(inp, gt).outputs
-    out = shrm_outputs(raw, height, h2)
+    out = shrm_outputs(raw, height, h2).composed
     x1, x2, seg = out.x_stage1, out.x_stage2, out.fine_seg
     losses = {
         "GAN": w.lambda_GAN * generator_gan_loss(ds, GANLoss("lsgan"), x2, seg),

@@ -24,24 +24,11 @@ MAX_LINES = 500
 # Known breaches that parts B and C of the "One house" refactor are removing; each entry is
 # removed when part B/C lands (then these sets are empty and stay empty).
 #: ``(importer, imported)`` edges of util/ into upper layers.
-KNOWN_UTIL_IMPORTS: set[tuple[str, str]] = {
-    ("util.evaluation", "models.shrm"),  # removed when part B lands (evaluation/slice_eval.py)
-}
+KNOWN_UTIL_IMPORTS: set[tuple[str, str]] = set()
 #: Known import cycles, each as the sorted modules of its strongly connected component.
-KNOWN_CYCLES: set[tuple[str, ...]] = {
-    # generator_base imports the generators to register them, and they import it (sampling
-    # is on the way back): removed when part B lands (one registry mechanism)
-    (
-        "models.diffusion_generator",
-        "models.gan_generator",
-        "models.generator_base",
-        "models.sampling",
-    ),
-}
+KNOWN_CYCLES: set[tuple[str, ...]] = set()
 #: Files known to be over MAX_LINES.
-KNOWN_LONG_FILES: set[str] = {
-    "models/diffusion_generator.py",  # removed when part B lands (DiffusionUNet to its file)
-}
+KNOWN_LONG_FILES: set[str] = set()
 
 
 def product_files() -> dict[str, Path]:

@@ -32,7 +32,7 @@ def test_opt_json_round_trip(tmp_path, capsys):
         assert saved[key] == getattr(opt, key), key
     assert saved["netG_type"] == "diffusion" and saved["lr"] == 0.001
     # generator- and dataset-specific flags were added by their hooks
-    assert "num_inference_steps" in saved and "vert_class" in saved
+    assert "snr_gamma" in saved and "vert_class" in saved
     text = (tmp_path / "opts" / "train_opt.txt").read_text()
     assert any("netG_type" in line and "diffusion" in line for line in text.splitlines())
     assert opt.device == "cpu" and opt.gpu_ids == []
@@ -40,9 +40,19 @@ def test_opt_json_round_trip(tmp_path, capsys):
 
 def test_generator_flags_follow_the_generator_type(tmp_path):
     gan = _train_opt(tmp_path, "--netG_type", "gan")
-    assert not hasattr(gan, "num_inference_steps")
+    assert not hasattr(gan, "snr_gamma") and not hasattr(gan, "diffusion_bf16")
     with pytest.raises(SystemExit):
-        _train_opt(tmp_path, "--netG_type", "gan", "--num_inference_steps", "5")
+        _train_opt(tmp_path, "--netG_type", "gan", "--snr_gamma", "5")
+
+
+def test_num_inference_steps_is_one_model_flag(tmp_path):
+    """Defined once (the model's); None = the generator's own default; the diffusion
+    generator lowers the training default (validation) to 10; a GAN accepts and ignores it."""
+    assert _train_opt(tmp_path, "--netG_type", "gan").num_inference_steps is None
+    assert _train_opt(tmp_path, "--netG_type", "diffusion").num_inference_steps == 10
+    opt = _train_opt(tmp_path, "--netG_type", "diffusion", "--num_inference_steps", "3")
+    assert opt.num_inference_steps == 3
+    assert _train_opt(tmp_path, "--netG_type", "gan", "--num_inference_steps", "3")
 
 
 @pytest.mark.parametrize(

@@ -123,8 +123,10 @@ def test_shrm_outputs_uses_each_stage_height() -> None:
     imgs = [torch.randn(2, 1, s, s) for _ in range(4)]
     pred1, pred2 = torch.tensor([[0.2], [0.9]]), torch.tensor([[0.5], [0.1]])
     measured = torch.tensor([3.0, 4.0])
-    out = shrm_outputs(GeneratorOutput(*imgs, torch.zeros(2, 2, s, s), pred1, pred2), measured, h2)
+    res = shrm_outputs(GeneratorOutput(*imgs, torch.zeros(2, 2, s, s), pred1, pred2), measured, h2)
+    out = res.composed
     rows1, rows2 = torch.tensor([3, 9]), torch.tensor([5, 4])  # max(ceil(p * 10), measured)
+    assert torch.equal(res.rows1, rows1) and torch.equal(res.rows2, rows2)
     torch.testing.assert_close(out.coarse_seg, _reference(imgs[0], imgs[0], rows1.tolist(), h2))
     torch.testing.assert_close(out.fine_seg, _reference(imgs[1], imgs[1], rows2.tolist(), h2))
     torch.testing.assert_close(out.x_stage1, _reference(imgs[2], imgs[2], rows1.tolist(), h2))

@@ -1,6 +1,6 @@
-"""scripts/synthesize_volume.py (whole-vertebra synthesis, iterative context),
-evaluation/synthesis_grading.py (RHLV grading with vs without synthesis) and
-evaluation/grading_ceiling.py."""
+"""evaluation/synthesis.py with scripts/synthesize_volume.py (whole-vertebra synthesis,
+iterative context), evaluation/synthesis_grading.py (RHLV grading with vs without synthesis)
+and evaluation/grading_ceiling.py."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import torch
 from data.phantom import generate_dataset
 from data.vertebra_dataset import VertebraDataset
 from evaluation import grading_ceiling as GC
+from evaluation import synthesis as SY
 from evaluation import synthesis_grading as GS
 from evaluation.grading import grade, load_heights_table
 from models import create_model
 from options.test_options import TestOptions
-from scripts import synthesize_volume as SV
 from util.nifti_io import ipl_affine, load_nifti, save_nifti
 
 IDS = ("phantom000_20", "phantom000_21", "phantom000_22")
@@ -52,7 +52,7 @@ def _label(root: Path, key: str) -> np.ndarray:
 def test_iterative_order_puts_fractured_first_per_patient():
     keys = ["a_19", "a_20", "a_21", "b_1_20", "b_1_21", "a_22"]
     grades = {"a_19": 0, "a_20": 2, "a_21": -1, "b_1_20": 0, "b_1_21": 3, "a_22": 1}
-    assert SV.iterative_order(keys, grades) == [
+    assert SY.iterative_order(keys, grades) == [
         "a_20",
         "a_22",
         "a_19",
@@ -65,26 +65,26 @@ def test_iterative_order_puts_fractured_first_per_patient():
 # ----------------------------------------------------------------------------- context
 def test_row_offset_maps_one_volume_onto_the_other_exactly(phantom):
     lv, lu = _label(phantom, "phantom000_20"), _label(phantom, "phantom000_21")
-    o, agreement = SV.estimate_row_offset(lv, lu)
+    o, agreement = SY.estimate_row_offset(lv, lu)
     assert agreement == 1.0
     # 21 lies below 20 in the spine: row r of 20's volume is row r + o of 21's, o < 0.
     assert o < 0
     n = lv.shape[0]
     np.testing.assert_array_equal(lv[-o:], lu[: n + o])
     # any other offset disagrees
-    assert SV.label_agreement(lv, lu, o + 1) < 0.9 and SV.label_agreement(lv, lu, o - 1) < 0.9
+    assert SY.label_agreement(lv, lu, o + 1) < 0.9 and SY.label_agreement(lv, lu, o - 1) < 0.9
     # a volume that is no crop of the same spine (flipped) has a low agreement
-    assert SV.estimate_row_offset(lv, lu[::-1].copy())[1] < SV.MIN_LABEL_AGREEMENT
+    assert SY.estimate_row_offset(lv, lu[::-1].copy())[1] < SY.MIN_LABEL_AGREEMENT
 
 
 def test_replace_context_copies_neighbour_rows_only(phantom):
     ct_v = load_nifti(phantom / "CT" / "phantom000_20.nii.gz")[0]
     ct_u = load_nifti(phantom / "CT" / "phantom000_21.nii.gz")[0]
     lv, lu = _label(phantom, "phantom000_20"), _label(phantom, "phantom000_21")
-    o, _ = SV.estimate_row_offset(lv, lu)
+    o, _ = SY.estimate_row_offset(lv, lu)
     marker = (255 - ct_u).astype(np.uint8)  # the "synthesised" neighbour: an inverted CT
     slices = [6, 7, 8]
-    ct, label = SV.replace_context(
+    ct, label = SY.replace_context(
         ct_v, lv, 20, syn_ct_u=marker, syn_label_u=lu, label_u=lu, uid=21, offset=o, slices=slices
     )
     others = [k for k in range(ct_v.shape[2]) if k not in slices]
@@ -106,8 +106,8 @@ def test_slice_samples_from_unchanged_volumes_equal_the_dataset(phantom):
     ds = VertebraDataset(dataroot=phantom, phase="train", img_size=64, seed=0, vert_class="all")
     key = "phantom000_20"
     ct = load_nifti(phantom / "CT" / f"{key}.nii.gz")[0]
-    plain = SV.slice_samples(ds, key)
-    rebuilt = SV.slice_samples(ds, key, ct=ct, label=_label(phantom, key))
+    plain = SY.slice_samples(ds, key)
+    rebuilt = SY.slice_samples(ds, key, ct=ct, label=_label(phantom, key))
     assert [int(s["slice_index"]) for s in plain] == ds.valid_slices(key)
     for a, b in zip(plain, rebuilt, strict=True):
         for name in ("A", "B", "vert_mask", "normal_vert", "CAM", "height", "x1", "x2"):
@@ -138,12 +138,12 @@ def _untrained_checkpoint(root: Path, ckpt: Path) -> list[str]:
     return argv
 
 
-def test_synthesize_volume_cli_iterative(phantom, tmp_path):
+def test_synthesize_volume_cli_iterative(phantom, tmp_path, run_script):
     argv = _untrained_checkpoint(phantom, tmp_path / "ckpt")
     out = tmp_path / "syn"
     args = ["--phase", "train", "--ids", ",".join(IDS), "--iterative", "--out", str(out)]
-    assert SV.main(argv + args) == 0
-    index = json.loads((out / SV.INDEX_FILE).read_text())
+    assert run_script("synthesize_volume", argv + args) == 0
+    index = json.loads((out / SY.INDEX_FILE).read_text())
     # fractured first (21 grade 2, 22 grade 1), then the normal 20
     assert index["order"] == ["phantom000_21", "phantom000_22", "phantom000_20"]
     ctx = {k: [c["id"] for c in v["context"]] for k, v in index["vertebrae"].items()}
@@ -153,6 +153,7 @@ def test_synthesize_volume_cli_iterative(phantom, tmp_path):
         "phantom000_20": ["phantom000_21", "phantom000_22"],
     }
     assert all(c["agreement"] == 1.0 for v in index["vertebrae"].values() for c in v["context"])
+    assert index["num_inference_steps"] is None and index["netG_type"] == "gan"  # one pass
     ds = VertebraDataset(dataroot=phantom, phase="train", img_size=64, seed=0, vert_class="all")
     for key in IDS:
         entry = index["vertebrae"][key]
@@ -296,12 +297,16 @@ def test_grade_synthesis_failures_count_against_the_synthesis(tmp_path):
         GS.grade_synthesis(root, tmp_path / "empty", tmp_path / "out2")
 
 
-def test_phase_without_vertebrae_is_an_error(phantom, tmp_path):
+def test_phase_without_vertebrae_is_an_error(phantom, tmp_path, run_script, capsys):
     argv = _untrained_checkpoint(phantom, tmp_path / "ckpt")
-    args, opt = SV.parse_args(argv + ["--phase", "all_eval"])  # 1 patient: all in train
+    capsys.readouterr()
+    # 1 patient: all in train
+    assert run_script("synthesize_volume", argv + ["--phase", "all_eval"]) == 2
+    assert "no vertebra in the split" in capsys.readouterr().err
+    opt = TestOptions(argv + ["--phase", "train"]).parse(save=False)
     with pytest.raises(ValueError, match="no vertebra in the split"):
-        SV.datasets_for(opt, args.phase)
-    assert [d.phase for d in SV.datasets_for(opt, "all")] == ["train"]  # empty splits left out
+        SY.datasets_for(opt, "all_eval")
+    assert [d.phase for d in SY.datasets_for(opt, "all")] == ["train"]  # empty splits left out
 
 
 def _ceiling_root(root, n_patients: int = 40):

@@ -60,7 +60,7 @@ def _train(root, ckpt, netg, name, *extra):
 @pytest.mark.parametrize("netg", ["gan", "diffusion"])
 def test_train_resume_and_test(root, tmp_path, netg):
     ckpt = tmp_path / "ckpt"
-    assert _train(root, ckpt, netg, "smoke", "--eval_freq", "1", "--eval_steps", "2") == 0
+    assert _train(root, ckpt, netg, "smoke", "--eval_freq", "1", "--num_inference_steps", "2") == 0
     run = ckpt / "smoke"
     # validation: metrics in the log and the curves, and a best checkpoint by band SSIM
     assert "validation" in (run / "loss_log.txt").read_text()

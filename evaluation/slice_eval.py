@@ -1,7 +1,8 @@
-"""Evaluation loop shared by test.py and ``train.py --eval_freq``.
+"""Slice evaluation shared by test.py and ``train.py --eval_freq``.
 
-For every valid slice of every vertebra of a split: run the model, compose with SHRM, and
-score the result against the ground truth with ``util.metrics``. Where the data root holds
+For every valid slice of every vertebra of a split: run the model's inference pipeline
+(``Pix2PixModel.infer``: sample, then SHRM) and score the result against the ground truth
+with ``util.metrics``. Where the data root holds
 the healthy volume of a fractured vertebra (phantom ``healthy_CT/``), the synthesis is scored
 against that healthy truth (pseudo-healthy synthesis); otherwise against the slice itself.
 A trivial baseline (the band filled with the mean of the rows just above and below it,
@@ -18,7 +19,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from models.shrm import restored_height_rows, shrm_compose
-from util.geometry import REFERENCE_SIZE, band_rows, split_key
+from util.geometry import REFERENCE_SIZE, band_px, band_rows, split_key
 from util.metrics import rhdr, slice_metrics
 
 #: The original's evaluation keeps slices with more than 400 label voxels at 256 px.
@@ -95,6 +96,75 @@ class EvalResult:
     #: per vertebra id, {slice index: (composed CT (S, S) in [-1, 1], mask (S, S) bool)}
     slices: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
     seconds: float = 0.0
+    #: sampling steps per slice (``InferenceOutput.steps``; None for a one-pass generator)
+    steps: int | None = None
+
+
+class _BatchArrays(NamedTuple):
+    """One evaluated batch as numpy arrays: outputs (N, S, S) and their truth."""
+
+    fake: np.ndarray  # composed CT in [-1, 1]
+    seg: np.ndarray  # synthesised vertebra mask, bool
+    base: np.ndarray  # fill baseline in [-1, 1]
+    std: np.ndarray | None  # per-pixel sample std, or None
+    h_std: np.ndarray | None  # (N,) height std as a fraction of h2, or None
+    rows_pred: np.ndarray  # (N,) restored height in rows (SHRM, stage 2)
+    truth_b: np.ndarray  # truth CT in [-1, 1]
+    truth_m: np.ndarray  # truth vertebra mask, bool
+    h2: int  # band rows
+
+
+def _batch_arrays(out: Any, batch: dict[str, Any]) -> _BatchArrays:
+    """``model.infer``'s output and the fill baseline of ``batch``, as numpy arrays."""
+    h2 = band_px(batch["A"].shape[-2])
+    baseline = fill_baseline(batch["A"], batch["mask"], batch["height"].float().reshape(-1), h2)
+    return _BatchArrays(
+        fake=out.fake_B[:, 0].cpu().numpy(),
+        seg=(out.fine_seg[:, 0] > 0.5).cpu().numpy(),
+        base=baseline[:, 0].numpy(),
+        std=None if out.std is None else out.std[:, 0].cpu().numpy(),
+        h_std=None if out.height_std is None else out.height_std.reshape(-1).cpu().numpy(),
+        rows_pred=out.rows2.cpu().numpy(),
+        truth_b=batch["truth_B"][:, 0].numpy(),
+        truth_m=batch["truth_vert_mask"][:, 0].numpy() > 0.5,
+        h2=h2,
+    )
+
+
+def _slice_row(
+    batch: dict[str, Any], j: int, arr: _BatchArrays, columns: dict[str, Any]
+) -> dict[str, Any]:
+    """The metrics row of slice ``j`` of ``batch`` (``columns`` follow the identity keys)."""
+    key = batch["id"][j]
+    x1, x2 = int(batch["truth_x1"][j]), int(batch["truth_x2"][j])
+    h_gt = float(batch["truth_height"][j])
+    band = (x1, x2 + 1)
+    pid, vid = split_key(key)
+    fake, truth_b, truth_m, seg = arr.fake[j], arr.truth_b[j], arr.truth_m[j], arr.seg[j]
+    row: dict[str, Any] = {
+        "id": key,
+        "patient": pid,
+        "vertebra": vid,
+        "slice_index": int(batch["slice_index"][j]),
+        "slice_ratio": float(batch["slice_ratio"][j]),
+        "grade": int(batch["grade"][j]),
+        "truth": batch["truth_kind"][j],
+        **columns,
+    }
+    h_seg = mask_height(seg)
+    row.update(slice_metrics(fake, truth_b, seg, truth_m, band, h_seg, h_gt))
+    row["l1_patch"] = float(np.abs(fake - truth_b)[x1 : x2 + 1].mean())
+    row["height_seg_px"] = h_seg
+    row["height_head_px"] = float(arr.rows_pred[j])
+    row["rhdr_head"] = float(rhdr(float(arr.rows_pred[j]), h_gt))
+    row["height_gt_px"] = h_gt
+    if arr.h_std is not None:
+        row["height_std_px"] = float(arr.h_std[j] * arr.h2)
+    fill = slice_metrics(arr.base[j], truth_b, truth_m, truth_m, band)
+    for k in ("ssim_patch", "psnr_patch", "ssim_global", "psnr_global"):
+        row[f"fill_{k}"] = fill[k]
+    row["fill_l1_patch"] = float(np.abs(arr.base[j] - truth_b)[x1 : x2 + 1].mean())
+    return row
 
 
 def evaluate(
@@ -105,15 +175,19 @@ def evaluate(
     num_workers: int = 0,
     max_batches: int | None = None,
     keep_slices: bool = False,
+    steps: int | None = None,
     seed: int = 0,
     desc: str = "evaluating",
     extra_columns: Callable[[], dict[str, Any]] | None = None,
 ) -> EvalResult:
-    """Run ``model`` (a ``Pix2PixModel`` in eval mode) over every valid slice of ``dataset``.
+    """Run ``model.infer`` (a ``Pix2PixModel``, put in eval mode here) over every valid slice
+    of ``dataset``, ``steps`` sampling steps per slice (``None``: the model's default), after
+    ``torch.manual_seed(seed)``.
 
     Returns one metrics row per kept slice (see ``util.metrics.slice_metrics`` for the metric
-    keys; ``fill_*`` columns hold the trivial baseline), images of the central slice of each
-    vertebra for the report, and with ``keep_slices`` the composed slices for volumes.
+    keys; ``fill_*`` columns hold the trivial baseline; ``steps`` the sampling steps, empty
+    for a one-pass generator), images of the central slice of each vertebra for the report,
+    and with ``keep_slices`` the composed slices for volumes.
     """
     loader = DataLoader(
         EvalSlices(dataset), batch_size=batch_size, shuffle=False, num_workers=num_workers
@@ -127,65 +201,29 @@ def evaluate(
     for i, batch in enumerate(tqdm(loader, desc=desc, unit="batch", leave=False)):
         if max_batches is not None and i >= max_batches:
             break
-        model.set_input(batch)
-        with torch.no_grad():
-            out = model.sample()
-            model.outputs = out.outputs
-            model.compose()
-            baseline = fill_baseline(model.real_A, model.mask, model.height, model.h2)
-        fake = model.fake_B[:, 0].cpu().numpy()
-        seg = (model.fine_seg[:, 0] > 0.5).cpu().numpy()
-        base = baseline[:, 0].cpu().numpy()
-        std = None if out.std is None else out.std[:, 0].cpu().numpy()
-        h_std = None if out.height_std is None else out.height_std.reshape(-1).cpu().numpy()
-        rows_pred = model.rows2.cpu().numpy()
-        truth_b = batch["truth_B"][:, 0].numpy()
-        truth_m = batch["truth_vert_mask"][:, 0].numpy() > 0.5
+        out = model.infer(batch, steps=steps)
+        result.steps = out.steps
+        arr = _batch_arrays(out, batch)
+        columns = {**extra, "steps": "" if out.steps is None else out.steps}
         for j, key in enumerate(batch["id"]):
             if not bool(batch["keep"][j]):
                 continue
-            x1, x2 = int(batch["truth_x1"][j]), int(batch["truth_x2"][j])
-            h_gt = float(batch["truth_height"][j])
-            band = (x1, x2 + 1)
-            pid, vid = split_key(key)
-            row: dict[str, Any] = {
-                "id": key,
-                "patient": pid,
-                "vertebra": vid,
-                "slice_index": int(batch["slice_index"][j]),
-                "slice_ratio": float(batch["slice_ratio"][j]),
-                "grade": int(batch["grade"][j]),
-                "truth": batch["truth_kind"][j],
-                **extra,
-            }
-            h_seg = mask_height(seg[j])
-            row.update(slice_metrics(fake[j], truth_b[j], seg[j], truth_m[j], band, h_seg, h_gt))
-            row["l1_patch"] = float(np.abs(fake[j] - truth_b[j])[x1 : x2 + 1].mean())
-            row["height_seg_px"] = h_seg
-            row["height_head_px"] = float(rows_pred[j])
-            row["rhdr_head"] = float(rhdr(float(rows_pred[j]), h_gt))
-            row["height_gt_px"] = h_gt
-            if h_std is not None:
-                row["height_std_px"] = float(h_std[j] * model.h2)
-            fill = slice_metrics(base[j], truth_b[j], truth_m[j], truth_m[j], band)
-            for k in ("ssim_patch", "psnr_patch", "ssim_global", "psnr_global"):
-                row[f"fill_{k}"] = fill[k]
-            row["fill_l1_patch"] = float(np.abs(base[j] - truth_b[j])[x1 : x2 + 1].mean())
+            row = _slice_row(batch, j, arr, columns)
             result.rows.append(row)
             ratio = row["slice_ratio"]
             if ratio < best_ratio.get(key, math.inf):
                 best_ratio[key] = ratio
                 result.images[key] = {
                     "input": batch["A"][j, 0].numpy(),
-                    "output": fake[j],
-                    "truth": truth_b[j],
-                    "difference": np.abs(fake[j] - truth_b[j]),
-                    "baseline": base[j],
-                    "uncertainty": None if std is None else std[j],
+                    "output": arr.fake[j],
+                    "truth": arr.truth_b[j],
+                    "difference": np.abs(arr.fake[j] - arr.truth_b[j]),
+                    "baseline": arr.base[j],
+                    "uncertainty": None if arr.std is None else arr.std[j],
                     "ssim_patch": row["ssim_patch"],
                 }
             if keep_slices:
-                result.slices.setdefault(key, {})[row["slice_index"]] = (fake[j], seg[j])
+                result.slices.setdefault(key, {})[row["slice_index"]] = (arr.fake[j], arr.seg[j])
     result.seconds = time.perf_counter() - start
     # Trivial height predictor: the mean true height of the evaluated slices (it even knows
     # the test set's mean, so beating it is a conservative claim).
