@@ -91,6 +91,10 @@ class VertebraParams:
     concavity_mm: float | None = None
     irregular_mm: float = 0.0
     irregular_phase: float = 0.0
+    #: Rounded rims: each endplate drops by ``round_mm`` at the rim, quadratically from the
+    #: relative radius ``round_start`` (the published phantom rounds more, measured on CT).
+    round_mm: float = _ROUND
+    round_start: float = _ROUND_R0
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,15 @@ class PatientParams:
     noise_hu: float
     #: "F" or "M" (published morphometry), ``None`` for the simple phantom.
     sex: str | None = None
+    #: Appearance (defaults: the simple phantom; the published one follows the real CT of
+    #: docs/ARCHITECTURE.md): SD of the trabecular texture (HU), disc nucleus/annulus HU,
+    #: paraspinal muscle HU, fat-marbling threshold of the muscle field (lower: more fat),
+    #: in-plane Gaussian correlation of the noise (sigma, mm; 0: white).
+    trabecular_sd_hu: float = 45.0
+    disc_hu: tuple[float, float] = (80.0, 105.0)
+    muscle_hu: float = 52.0
+    marbling: float = 1.3
+    noise_corr_mm: float = 0.0
 
 
 def endplate_surfaces(
@@ -127,7 +140,8 @@ def endplate_surfaces(
     rc = np.minimum(r, 1.0)
     # Endplate concavity plus rounded rims.
     conc = _CONCAVITY if vp.concavity_mm is None else vp.concavity_mm
-    dip = conc * (1 - rc**2) + _ROUND * np.clip((rc - _ROUND_R0) / (1 - _ROUND_R0), 0, 1) ** 2
+    r0 = vp.round_start
+    dip = conc * (1 - rc**2) + vp.round_mm * np.clip((rc - r0) / (1 - r0), 0, 1) ** 2
     top, bot = z_top + dip, z_bot - dip
     if vp.wedge_deg:
         # Physiological wedging: the height at y is z_bot - z_top + y tan(wedge), split evenly

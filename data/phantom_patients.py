@@ -41,6 +41,15 @@ GENANT_BANDS = {1: (0.20, 0.25), 2: (0.25, 0.40), 3: (0.40, 1.0)}
 TARGET_LOSS = {1: (0.205, 0.245), 2: (0.27, 0.38), 3: (0.42, 0.53)}
 GRADE_PROPORTIONS = {1: 0.55, 2: 0.30, 3: 0.15}
 SHAPE_PROPORTIONS = {"wedge": 0.5, "biconcave": 0.3, "crush": 0.2}
+#: Published phantom's appearance (ranges drawn per patient), set against the real CT's
+#: measures: cortical shell (mm) and HU, trabecular HU and texture SD, disc nucleus/annulus
+#: HU, paraspinal muscle HU and fat-marbling threshold, noise (HU at 1 mm) and its in-plane
+#: correlation (mm), rim rounding of the bodies (mm, from relative radius).
+CORTICAL_MM, CORTICAL_HU = (0.5, 0.9), (700.0, 900.0)
+TRABECULAR_HU, TRABECULAR_SD_HU = (90.0, 170.0), 45.0
+DISC_HU, MUSCLE_HU, MARBLING = (75.0, 95.0), (15.0, 35.0), (1.0, 1.3)
+NOISE_HU, NOISE_CORR_MM = (20.0, 40.0), 0.7
+ROUND_MM, ROUND_START = 6.0, 0.68
 #: Fraction of sample vertebrae fractured and the per-patient cap.
 FRACTURE_RATE, MAX_FRACTURES_PER_PATIENT = 0.2, 2
 
@@ -199,6 +208,8 @@ def _published_vertebrae(rng: np.random.Generator, sex: str) -> list[VertebraPar
                 concavity_mm=conc,
                 irregular_mm=irregular,
                 irregular_phase=phase,
+                round_mm=ROUND_MM,
+                round_start=ROUND_START,
             )
         )
     return verts
@@ -227,12 +238,36 @@ def sample_patient_params(
         seed=int(rng.integers(2**31 - 1)),
         vertebrae=tuple(verts),
         fractures=fr,
-        cortical_mm=float(rng.uniform(0.9, 1.5)),
-        trabecular_hu=float(rng.uniform(150, 260)),
-        cortical_hu=float(rng.uniform(750, 950)),
-        skin_post_mm=float(rng.uniform(88, 115)),
-        skin_ant_mm=float(rng.uniform(110, 220)),
-        fat_mm=float(rng.uniform(8, 25)),
-        noise_hu=float(rng.uniform(12, 25)),
+        **(_simple_appearance(rng) if sex is None else _published_appearance(rng)),
         sex=sex,
     )
+
+
+def _simple_appearance(rng: np.random.Generator) -> dict[str, float]:
+    """Tissue parameters of the first phantom (drawn in its order: bit-for-bit)."""
+    return {
+        "cortical_mm": float(rng.uniform(0.9, 1.5)),
+        "trabecular_hu": float(rng.uniform(150, 260)),
+        "cortical_hu": float(rng.uniform(750, 950)),
+        "skin_post_mm": float(rng.uniform(88, 115)),
+        "skin_ant_mm": float(rng.uniform(110, 220)),
+        "fat_mm": float(rng.uniform(8, 25)),
+        "noise_hu": float(rng.uniform(12, 25)),
+    }
+
+
+def _published_appearance(rng: np.random.Generator) -> dict:
+    """Tissue parameters of the published phantom, moved towards the real CT's measures
+    (``scripts/phantom_appearance.py``, docs/ARCHITECTURE.md "Appearance")."""
+    return {
+        **_simple_appearance(rng),
+        "cortical_mm": float(rng.uniform(*CORTICAL_MM)),
+        "trabecular_hu": float(rng.uniform(*TRABECULAR_HU)),
+        "cortical_hu": float(rng.uniform(*CORTICAL_HU)),
+        "noise_hu": float(rng.uniform(*NOISE_HU)),
+        "trabecular_sd_hu": TRABECULAR_SD_HU,
+        "disc_hu": DISC_HU,
+        "muscle_hu": float(rng.uniform(*MUSCLE_HU)),
+        "marbling": float(rng.uniform(*MARBLING)),
+        "noise_corr_mm": NOISE_CORR_MM,
+    }

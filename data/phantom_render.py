@@ -67,7 +67,8 @@ class SpineRender:
     """A rendered straightened spine, arrays (Z, Y, X) in (I, P, L) order.
 
     ``ct_hu`` float32 HU; ``labels`` uint8 VerSe ids; ``heatmap`` float32 in [0, 1]; ``z_mm``,
-    ``y_mm``, ``x_mm`` voxel-centre coordinates (mm, spine axis at y = x = 0).
+    ``y_mm``, ``x_mm`` voxel-centre coordinates (mm, spine axis at y = x = 0); ``body_labels``
+    uint8 VerSe ids of the vertebral bodies alone (no posterior elements).
     """
 
     ct_hu: np.ndarray
@@ -78,6 +79,7 @@ class SpineRender:
     y_mm: np.ndarray
     x_mm: np.ndarray
     vertebrae: tuple[RenderedVertebra, ...] = field(default_factory=tuple)
+    body_labels: np.ndarray | None = None
 
     def info(self, verse_id: int) -> RenderedVertebra:
         for v in self.vertebrae:
@@ -124,11 +126,18 @@ def _paint_canal(
 
 
 def _paint_disc(
-    box: np.ndarray, up: tuple, dn: tuple, z: np.ndarray, yy: np.ndarray, xx: np.ndarray, s: float
+    box: np.ndarray,
+    up: tuple,
+    dn: tuple,
+    z: np.ndarray,
+    yy: np.ndarray,
+    xx: np.ndarray,
+    s: float,
+    hu: tuple[float, float] = (80.0, 105.0),
 ) -> None:
     """Disc between two ``(params, fracture, z_top, z_bot)`` levels: it fills the space between
     the upper inferior endplate and the lower superior endplate (1 mm under both, hidden by
-    the bone painted afterwards); nucleus 80 HU, annulus 105 HU."""
+    the bone painted afterwards); nucleus ``hu[0]``, annulus ``hu[1]`` HU."""
     (vu, fu, tu, bu), (vd, fd, td, bd) = up, dn
     sl = coord_slice(
         z, bu - 4 - (fu.severity_mm if fu else 0), td + 4 + (fd.severity_mm if fd else 0)
@@ -145,12 +154,13 @@ def _paint_disc(
     lat = np.where(r > 1e-6, rho / np.maximum(r, 1e-6), 1e3) - rho
     zs = z[sl, None, None]
     d = np.minimum(np.minimum(zs - bot_u + 1, top_d + 1 - zs), lat)
-    paint(box[sl], d, 80 + 25 * np.clip((r - 0.45) / 0.45, 0, 1), s)
+    paint(box[sl], d, hu[0] + (hu[1] - hu[0]) * np.clip((r - 0.45) / 0.45, 0, 1), s)
 
 
 def _paint_vertebra(
     box: np.ndarray,
     lab: np.ndarray,
+    body: np.ndarray,
     heat: np.ndarray,
     p: PatientParams,
     v: VertebraParams,
@@ -162,7 +172,8 @@ def _paint_vertebra(
     x: np.ndarray,
     s: float,
 ) -> float | None:
-    """Paint one vertebra into the spine box (HU, label, 0.05 x body occupancy in ``heat``).
+    """Paint one vertebra into the spine box (HU, label, body label, 0.05 x body occupancy in
+    ``heat``).
     Returns the body's S-I centroid (mm), ``None`` when the body leaves the window."""
     sl = coord_slice(z, zt - 2, zb + 2)
     if sl.stop <= sl.start:
@@ -175,7 +186,7 @@ def _paint_vertebra(
     #    sclerotic band under collapsed endplates, computed over the body rows only.
     trab = np.full(d.shape, p.trabecular_hu + 30, np.float32)
     bs = coord_slice(yb, -0.5 * v.depth_mm - 2, 0.5 * v.depth_mm + 2)
-    tb = p.trabecular_hu + 45 * smooth_field(
+    tb = p.trabecular_hu + p.trabecular_sd_hu * smooth_field(
         p.seed, 100 + v.verse_id, (z[sl], yb[bs], x), (2.4, 1.3, 1.3), s, origin=(zt, 0.0, 0.0)
     )
     if fr is not None:
@@ -193,6 +204,7 @@ def _paint_vertebra(
     sub *= 1 - occ
     sub += (occ - inner) * p.cortical_hu + inner * trab
     lab[sl][d >= 0] = v.verse_id
+    body[sl][db >= 0] = v.verse_id
     occ_b = np.clip(db / s + 0.5, 0, 1)
     np.maximum(heat[sl], 0.05 * occ_b, out=heat[sl])
     w = occ_b.sum(axis=(1, 2))
@@ -294,6 +306,7 @@ def render_patient(
     zl = {v.name: 0.5 * (t + b) for (t, b), v in zip(lay, verts)}
     hu = soft_tissue(p, next(v for v in verts if v.name == "L1"), zl, z, y, x, s)
     labels = np.zeros(hu.shape, np.uint8)
+    body = np.zeros(hu.shape, np.uint8)
     heat = np.zeros(hu.shape, np.float32)
     tip = max(
         0.5 * v.depth_mm + EPIDURAL_MM + v.canal_ap_mm + LAMINA_MM + v.spinous_mm for v in verts
@@ -304,11 +317,13 @@ def render_patient(
     _paint_canal(box, verts, zl, z, yb[None, :, None], x[None, None, :], s)
     levels = list(zip(verts, fr_of, *zip(*lay)))
     for up, dn in zip(levels[:-1], levels[1:]):
-        _paint_disc(box, up, dn, z, yb[None, :, None], x[None, None, :], s)
+        _paint_disc(box, up, dn, z, yb[None, :, None], x[None, None, :], s, p.disc_hu)
     # 3. Vertebrae, their metadata and the provisional heatmap blobs of the fractured ones.
     infos = []
     for v, fr, zt, zb in levels:
-        zc = _paint_vertebra(box, labels[:, j0:j1], heat[:, j0:j1], p, v, fr, zt, zb, z, yb, x, s)
+        zc = _paint_vertebra(
+            box, labels[:, j0:j1], body[:, j0:j1], heat[:, j0:j1], p, v, fr, zt, zb, z, yb, x, s
+        )
         if fr is not None and zc is not None:
             c, sg = _blob(v, fr, zt, zc)
             g = [np.exp(-0.5 * ((a - ci) / si) ** 2) for a, ci, si in zip((z, y, x), c, sg)]
@@ -317,8 +332,9 @@ def render_patient(
         infos.append(_rendered_vertebra(v, fr, zc, vox))
     heat = np.round(np.where(heat < 1e-3, 0, heat) * 1024) / 1024
     # 4. White noise, seeded per absolute slice index so that windows agree.
-    add_white_noise(hu, p.seed, k, p.noise_hu * s**-1.5)
-    return SpineRender(hu, labels, np.clip(heat, 0, 1).astype(np.float32), s, z, y, x, tuple(infos))
+    add_white_noise(hu, p.seed, k, p.noise_hu * s**-1.5, p.noise_corr_mm / s)
+    heat = np.clip(heat, 0, 1).astype(np.float32)
+    return SpineRender(hu, labels, heat, s, z, y, x, tuple(infos), body)
 
 
 def window_to_uint8(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import ndimage
 
 from data.phantom_anatomy import PatientParams, VertebraParams
 
-_HU_AIR, _HU_FAT, _HU_SOFT, _HU_MUSCLE = -1000.0, -100.0, 40.0, 52.0
+_HU_AIR, _HU_FAT, _HU_SOFT = -1000.0, -100.0, 40.0
 #: Keeps lattice/slice indices non-negative in seed sequences.
 INDEX_OFFSET = 1_000_000
 
@@ -107,9 +108,9 @@ def soft_tissue(
     sy = coord_slice(y, a + 14 - s, 1e9)
     if sy.stop > sy.start:
         fm = smooth_field(p.seed, 3, (z, y[sy], x), (6.0, 4.0, 4.0), s)
-        marb = np.clip((fm - 1.3) * 2, 0, 1)
+        marb = np.clip((fm - p.marbling) * 2, 0, 1)
         wm = np.clip((y[sy] - (a + 14)) / 5 + 0.5, 0, 1)[None, :, None]
-        hu[:, sy] += wm * ((_HU_MUSCLE + 6 * fm) * (1 - marb) + _HU_FAT * marb - _HU_SOFT)
+        hu[:, sy] += wm * ((p.muscle_hu + 6 * fm) * (1 - marb) + _HU_FAT * marb - _HU_SOFT)
     # 3. Psoas, growing from T12 to L3, beside the lumbar bodies.
     sz, sy = coord_slice(z, zl["T12"], 1e9), coord_slice(y, -16, 16)
     grow = np.clip((z[sz] - zl["T12"]) / (zl["L3"] - zl["T12"]), 0.05, 1)[:, None, None]
@@ -118,7 +119,7 @@ def soft_tissue(
         e = np.sqrt(
             (yy / (14 * grow)) ** 2 + ((xx - side * (ref.width_mm / 2 + 14)) / (12 * grow)) ** 2
         )
-        paint(hu[sz, sy], (1 - e) * 10 * grow, _HU_MUSCLE - 4, s)
+        paint(hu[sz, sy], (1 - e) * 10 * grow, p.muscle_hu - 4, s)
     # 4. Aorta (non-contrast blood), left of the midline, down to its L4 bifurcation.
     sz, sy = coord_slice(z, -1e9, zl["L4"] + s), coord_slice(y, -(a + 27), -(a + 1))
     zz, yy = z[sz][:, None, None], y[sy][None, :, None]
@@ -138,9 +139,21 @@ def soft_tissue(
     return hu
 
 
-def add_white_noise(hu: np.ndarray, seed: int, k: np.ndarray, amp: float) -> None:
-    """Add white noise of standard deviation ``amp`` (HU) to ``hu`` (Z, Y, X) in place, seeded
-    per absolute slice index ``k[i]`` of row ``i`` so that any window of a spine agrees."""
+def add_white_noise(
+    hu: np.ndarray, seed: int, k: np.ndarray, amp: float, corr_vox: float = 0.0
+) -> None:
+    """Add noise of standard deviation ``amp`` (HU) to ``hu`` (Z, Y, X) in place, seeded per
+    absolute slice index ``k[i]`` of row ``i`` so that any window of a spine agrees; white, or
+    with ``corr_vox > 0`` filtered in-plane by a Gaussian of that sigma (voxels) and scaled
+    back to ``amp`` (the kernel's L2 norm), as a reconstruction kernel correlates CT noise."""
+    norm = 1.0
+    if corr_vox > 0:
+        delta = np.zeros((33, 33), np.float32)
+        delta[16, 16] = 1
+        norm = 1.0 / float(np.sqrt((ndimage.gaussian_filter(delta, corr_vox) ** 2).sum()))
     for i, kk in enumerate(k):
         rng = np.random.default_rng([seed, 7, int(kk) + INDEX_OFFSET])
-        hu[i] += amp * rng.standard_normal(hu.shape[1:], dtype=np.float32)
+        w = rng.standard_normal(hu.shape[1:], dtype=np.float32)
+        if corr_vox > 0:
+            w = ndimage.gaussian_filter(w, corr_vox, mode="wrap") * norm
+        hu[i] += amp * w
