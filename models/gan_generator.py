@@ -162,32 +162,51 @@ class CoarseGenerator(nn.Module):
         return img, seg, self.height(bottleneck)
 
 
-def _patches(x: Tensor, k: int, stride: int, pad: int) -> Tensor:
-    """(B, C, H, W) -> (B, L, C*k*k) patches, row-major over the L positions."""
-    return F.unfold(x, k, padding=pad, stride=stride).transpose(1, 2)
+def _fuse(score: Tensor, hs: int, ws: int, fuse_k: int) -> Tensor:
+    """DeepFill's score fusion: ``score`` (B, Lk, Lq) over keys and queries of an
+    ``hs`` x ``ws`` grid (``Lk = hs * ws``; queries may be a band of whole rows) is summed along
+    the diagonals of a ``fuse_k`` x ``fuse_k`` identity kernel, first with positions flattened
+    row-major, then column-major, so that a match scores high when its neighbours match too."""
+    b, lk, lq = score.shape
+    qh = lq // ws
+    eye = torch.eye(fuse_k, dtype=score.dtype, device=score.device)[None, None]
+    pad = fuse_k // 2
+    y = F.conv2d(score[:, None], eye, padding=pad)  # row-major diagonals
+    y = y.reshape(b, hs, ws, qh, ws).permute(0, 2, 1, 4, 3).reshape(b, 1, lk, lq)
+    y = F.conv2d(y, eye, padding=pad)  # column-major diagonals
+    return y.reshape(b, ws, hs, ws, qh).permute(0, 2, 1, 4, 3).reshape(b, lk, lq)
 
 
 def contextual_attention(
-    feat: Tensor, mask: Tensor, *, rate: int = 2, ksize: int = 3, softmax_scale: float = 10.0
+    feat: Tensor,
+    mask: Tensor,
+    *,
+    rate: int = 2,
+    ksize: int = 3,
+    fuse_k: int = 3,
+    softmax_scale: float = 10.0,
 ) -> tuple[Tensor, Tensor]:
-    """DeepFill's contextual attention, batched (no per-sample loop).
+    """Contextual attention as HealthiVert-GAN (DeepFill v1) computes it, batched, each sample
+    with its own mask (the original uses sample 0's mask for the whole batch).
 
-    1. Downsample ``feat`` by ``rate`` (nearest) for matching; a patch is background
-       (attendable) when no pixel of it, at full resolution, lies in the hole.
-    2. Queries are the downsampled positions that touch the hole; to save work only the
-       batch's hole rows are computed (one bounding slice, the same for all samples).
-    3. Score = cosine similarity of ``ksize`` x ``ksize`` query and background patches
-       (one ``bmm``); non-background patches are excluded; softmax with ``softmax_scale``.
-    4. Each query pastes the attention-weighted ``2*rate`` x ``2*rate`` raw patches at
-       stride ``rate`` (``fold``); overlaps are averaged by the number of queries covering a
-       pixel. Hole pixels take the result; all other pixels keep ``feat``.
-    5. The argmax background patch of each query gives the offset (dy, dx) in pixels of
-       the full-resolution image.
+    1. Matching at ``1 / rate``: ``small = feat[..., ::rate, ::rate]``. The mask is sampled
+       (nearest, the top-left pixel of each block) onto that grid; a key patch (``ksize`` x
+       ``ksize``) is background when none of its pixels is masked.
+    2. Score of query q and key l = <query patch, key patch / max(|key patch|, 1e-4)>: only
+       the keys are normalised, so a textured query matches more sharply.
+    3. Fusion (:func:`_fuse`) of the scores along ``fuse_k`` diagonals, twice.
+    4. Softmax over the keys of ``scores * valid * softmax_scale``, times ``valid`` again (as
+       the original: the masked keys take part in the normalisation with score 0).
+    5. Each query pastes the attention-weighted ``2 rate`` x ``2 rate`` raw patches of ``feat``
+       at stride ``rate`` (a transposed convolution, ``fold``), divided by 4.
+    6. Feature pixels whose block touches the hole take the result, all others keep ``feat``
+       (the original replaces every pixel); for speed only the query rows that paste onto
+       hole rows are computed (with two rows of margin, exact for the fusion).
+    7. The argmax key of each query gives the offset (dy, dx) in image pixels.
 
     Args:
-        feat: (B, C, h, w) features at ``1 / f`` of the image, ``h`` divisible by ``rate``.
-        mask: (B, 1, H, W) band mask in {0, 1} at image resolution (``H = f * h``).
-        rate: matching stride. ksize: matching patch size. softmax_scale: inverse temperature.
+        feat: (B, C, h, w) features at ``1 / f`` of the image, ``h, w`` divisible by ``rate``.
+        mask: (B, 1, H, W) band mask in {0, 1} at image resolution, ``H = f h``, ``W = f w``.
 
     Returns:
         ``(out, offset)``: (B, C, h, w) in ``feat``'s dtype; (B, 2, H, W) float offsets
@@ -201,52 +220,55 @@ def contextual_attention(
             f"rate={rate} and a mask ({big_h}x{big_w}) a whole multiple of the features"
         )
     with torch.autocast(device_type=feat.device.type, enabled=False):
-        x = feat.float()
-        m = mask.float()
+        x, m = feat.float(), mask.float()
         hs, ws = h // rate, w // rate
-        # Step 1: hole occupancy at the feature and matching resolutions.
-        hole_f = F.adaptive_max_pool2d(m, (h, w))
-        hole_s = F.adaptive_max_pool2d(m, (hs, ws))
-        small = x[:, :, ::rate, ::rate]
         pad = ksize // 2
-        bg_valid = F.max_pool2d(hole_s, ksize, 1, pad).flatten(1) == 0  # (B, L)
-        # Step 2: the rows of the batch that hold queries.
-        rows = torch.nonzero(hole_s.amax(dim=(0, 1, 3)) > 0).flatten()
-        if rows.numel() == 0:
+        # Step 1: background keys, from the mask sampled on the matching grid.
+        m_small = m[:, :, :: big_h // hs, :: big_w // ws]
+        valid = (F.max_pool2d(m_small, ksize, 1, pad).flatten(1) == 0).float()  # (B, L)
+        hole_f = F.adaptive_max_pool2d(m, (h, w))
+        rows_f = torch.nonzero(hole_f.amax(dim=(0, 1, 3)) > 0).flatten()
+        if rows_f.numel() == 0:
             return feat, feat.new_zeros(b, 2, big_h, big_w, dtype=torch.float32)
-        r0, r1 = int(rows[0]), int(rows[-1]) + 1
-        q_small = F.pad(small, (pad, pad, pad, pad))[:, :, r0 : r1 + 2 * pad]
-        query = F.normalize(_patches(q_small, ksize, 1, 0), dim=2)  # (B, N, C*k*k)
-        key = F.normalize(_patches(small, ksize, 1, pad), dim=2)  # (B, L, C*k*k)
-        # Step 3: cosine similarity, masked softmax over the background.
-        score = torch.bmm(query, key.transpose(1, 2)) * softmax_scale  # (B, N, L)
-        score = score.masked_fill(~bg_valid[:, None, :], torch.finfo(score.dtype).min)
-        attn = torch.softmax(score, dim=2) * bg_valid[:, None, :]  # all-hole -> zeros
-        q_on = hole_s[:, :, r0:r1].flatten(1)  # (B, N) queries of this sample
-        # Step 4: paste raw patches (2*rate wide, stride rate) and average the overlaps.
-        raw = _patches(x, 2 * rate, rate, rate // 2)  # (B, L, C*(2r)^2)
-        pasted = torch.bmm(attn * q_on[:, :, None], raw)  # (B, N, C*(2r)^2)
-        n_rows = r1 - r0
-        fold = dict(kernel_size=2 * rate, stride=rate, padding=rate // 2)
-        out_size = (n_rows * rate, w)
-        summed = F.fold(pasted.transpose(1, 2), out_size, **fold)
-        count = F.fold(q_on[:, None, :].expand(b, (2 * rate) ** 2, -1), out_size, **fold)
-        recon = summed / count.clamp_min(1.0)
-        y0, y1 = r0 * rate, r1 * rate
-        hole_rows = hole_f[:, :, y0:y1]
-        out = x.clone()
-        out[:, :, y0:y1] = recon * hole_rows + x[:, :, y0:y1] * (1.0 - hole_rows)
-        # Step 5: argmax offsets at the matching grid, scaled to image pixels.
-        best = attn.argmax(dim=2)  # (B, N)
-        q_on = q_on * bg_valid.any(dim=1, keepdim=True)  # no background: no offset
-        qy = torch.arange(r0, r1, device=x.device).repeat_interleave(ws)
+        # Query rows pasting onto feature rows [y0, y1), plus two rows for the fusion.
+        y0, y1 = int(rows_f[0]), int(rows_f[-1]) + 1
+        half = rate // 2  # padding of the raw patches: query qy pastes rows qy r - half + [0, 2r)
+        qa, qb = max(0, (y0 + half + rate) // rate - 2), min(hs, (y1 - 1 + half) // rate + 1)
+        ca, cb = (qa - 2, qb + 2) if qa >= 2 and qb <= hs - 2 else (0, hs)
+        small = x[:, :, ::rate, ::rate]
+        keys = F.unfold(small, ksize, padding=pad)  # (B, C k k, L)
+        keys = keys / keys.norm(dim=1, keepdim=True).clamp_min(1e-4)
+        query = F.unfold(F.pad(small, (pad,) * 4)[:, :, ca : cb + 2 * pad], ksize)
+        # Steps 2-4: scores (B, L, Nq), fusion, masked softmax over the keys.
+        score = _fuse(torch.bmm(keys.transpose(1, 2), query), hs, ws, fuse_k)
+        score = score[:, :, (qa - ca) * ws : (qb - ca) * ws]
+        attn = torch.softmax(score * valid[:, :, None] * softmax_scale, dim=1)
+        attn = attn * valid[:, :, None]
+        # Step 5: paste raw patches (the transposed convolution of the original).
+        raw = F.unfold(x, 2 * rate, padding=half, stride=rate)  # (B, C (2r)^2, L)
+        n_rows = qb - qa
+        out_rows = (n_rows + 1) * rate  # fold writes rows [(qa - 1) r + r/2, ...)
+        pasted = F.fold(
+            torch.bmm(raw, attn),
+            (out_rows, w),
+            kernel_size=2 * rate,
+            stride=rate,
+            padding=(0, half),
+        )  # pasted row i is feature row top + i
+        top = qa * rate - half
+        recon = torch.zeros_like(x)
+        lo, hi = max(0, top), min(h, top + out_rows)
+        recon[:, :, lo:hi] = pasted[:, :, lo - top : hi - top] / 4.0
+        out = recon * hole_f + x * (1.0 - hole_f)
+        # Step 7: argmax offsets at the matching grid, scaled to image pixels.
+        best = attn.argmax(dim=1)  # (B, Nq)
+        qy = torch.arange(qa, qb, device=x.device).repeat_interleave(ws)
         qx = torch.arange(ws, device=x.device).repeat(n_rows)
         dy = (torch.div(best, ws, rounding_mode="floor") - qy).float() * (big_h / hs)
         dx = (best % ws - qx).float() * (big_w / ws)
         flow_s = torch.zeros(b, 2, hs, ws, device=x.device)
-        flow_s[:, :, r0:r1] = torch.stack([dy, dx], 1).reshape(b, 2, n_rows, ws) * q_on.reshape(
-            b, 1, n_rows, ws
-        )
+        has_bg = valid.amax(dim=1).reshape(b, 1, 1, 1)
+        flow_s[:, :, qa:qb] = torch.stack([dy, dx], 1).reshape(b, 2, n_rows, ws) * has_bg
         flow = F.interpolate(flow_s, size=(big_h, big_w), mode="nearest") * m
     return out.to(feat.dtype), flow
 
