@@ -6,11 +6,14 @@ Reads the CT, label and heatmap volumes and the split file of a data root (layou
 1. Slice choice: over the central 4/5 of the target's extent along axis 2 (L-R), slices ``k``
    with pyramid weights ``1 - |k - c| / (half + 1)`` (``c``, ``half``: centre and half width of
    that range), so centre slices are the most likely and the edges keep a small weight;
-   ``slice_ratio = |k - c| / half`` in [0, 1].
-2. A slice is *valid* when the target is present in it and its row extent ``h`` (at
-   ``img_size``) is below the band height ``h2``: a taller vertebra would not fit the band
-   (the A geometry would lose rows of it), so such slices are excluded. A vertebra with no
-   valid slice is dropped when the index is built (one warning lists them).
+   ``slice_ratio = |k - c| / half`` in [0, 1] (``--slice_weighting original``: the original's
+   weights and ratio, ``data.vertebra_geometry.original_slice_weights``).
+2. The target's label loses its 8-connected pieces under 50 px (at 256 px, scaled with the
+   area) in each slice, as the original does. A slice is *valid* when more than 50 px of the
+   target are left and its row extent ``h`` (at ``img_size``; ``--height_convention``) is
+   below the band height ``h2``: a taller vertebra would not fit the band (the A geometry
+   would lose rows of it), so such slices are excluded. A vertebra with no valid slice is
+   dropped when the index is built (one warning lists them).
 3. The slice is resized in-plane to ``img_size`` (CT, heatmap: bilinear with antialiasing;
    labels: nearest) before any geometry, then A and B geometry follow ``util/geometry.py``.
 
@@ -39,12 +42,23 @@ import torch.nn.functional as F
 
 from data.base_dataset import DATASETS, BaseDataset
 from data.vertebra_geometry import (
+    CAM_IN_BAND,
+    HEIGHT_CONVENTIONS,
     build_slice_sample,
     central_range,
+    drop_small_pieces,
+    original_slice_weights,
     pyramid_weights,
-    vertebra_rows,
+    vertebra_span,
 )
-from util.geometry import SPLIT_FILE, band_px, split_key, volume_path
+from util.geometry import (
+    MIN_PIECE_PX_AT_256,
+    SPLIT_FILE,
+    band_px,
+    scaled_area_px,
+    split_key,
+    volume_path,
+)
 from util.nifti_io import NiftiError, load_nifti
 
 VERT_CLASSES = ("normal", "abnormal", "all")
@@ -55,6 +69,18 @@ TRAIN_DEFAULTS = MappingProxyType({"vert_class": "normal", "slice_mode": "random
 EVAL_DEFAULTS = MappingProxyType({"vert_class": "all", "slice_mode": "all"})
 #: Default bound of the per-process volume cache (``--max_cache_mb``).
 DEFAULT_MAX_CACHE_MB = 1024.0
+SLICE_WEIGHTINGS = ("ours", "original")
+#: Image keys of a sample, each (1, S, S) float32.
+IMAGE_KEYS = ("A", "B", "mask", "vert_mask", "normal_vert", "normal_vert_context", "CAM")
+#: A vertebra counts as normal (trained on; a neighbour in ``normal_vert``) when its grade is
+#: 0..NORMAL_MAX_GRADE, as in the original (``grade <= 1``: Genant grade 1 is a mild deformity).
+NORMAL_MAX_GRADE = 1
+
+
+def is_normal(grade: int | None) -> bool:
+    """Whether a split grade counts as normal; ``None`` (not in the split) and -1 (unknown)
+    never do."""
+    return grade is not None and 0 <= grade <= NORMAL_MAX_GRADE
 
 
 # ----------------------------------------------------------------------------- volumes
@@ -201,7 +227,8 @@ class VertebraDataset(BaseDataset):
             "--vert_class",
             choices=VERT_CLASSES,
             default=defaults["vert_class"],
-            help="vertebrae to use: grade 0, grade > 0, or all",
+            help=f"vertebrae to use: normal (grade 0..{NORMAL_MAX_GRADE}, as the original), "
+            "abnormal (a higher grade), or all",
         )
         parser.add_argument(
             "--slice_mode",
@@ -212,6 +239,26 @@ class VertebraDataset(BaseDataset):
         )
         parser.add_argument(
             "--no_cam", action="store_true", help="do not read heatmap/; the CAM input is all zeros"
+        )
+        parser.add_argument(
+            "--height_convention",
+            choices=HEIGHT_CONVENTIONS,
+            default="rows",
+            help="rows: a vertebra on rows x1..x2 is x2 - x1 + 1 tall; span: x2 - x1, its "
+            "last row left in the context (the original's)",
+        )
+        parser.add_argument(
+            "--cam_in_band",
+            choices=CAM_IN_BAND,
+            default="resized",
+            help="CAM in the band: the vertebra's CAM rows resized into it, or 0 (the original's)",
+        )
+        parser.add_argument(
+            "--slice_weighting",
+            choices=SLICE_WEIGHTINGS,
+            default="ours",
+            help="slice sampling weights and slice_ratio: ours (ratio 0..1 over the central "
+            "range) or the original's (ratio normalised by the whole extent)",
         )
         parser.add_argument(
             "--max_cache_mb",
@@ -236,6 +283,9 @@ class VertebraDataset(BaseDataset):
             use_cam=not opt.no_cam,
             max_cache_mb=opt.max_cache_mb,
             max_dataset_size=None if limit is None or limit == float("inf") else int(limit),
+            height_convention=opt.height_convention,
+            cam_in_band=opt.cam_in_band,
+            slice_weighting=opt.slice_weighting,
         )
 
     def __init__(
@@ -250,11 +300,15 @@ class VertebraDataset(BaseDataset):
         use_cam: bool = True,
         max_cache_mb: float = DEFAULT_MAX_CACHE_MB,
         max_dataset_size: int | None = None,
+        height_convention: str = "rows",
+        cam_in_band: str = "resized",
+        slice_weighting: str = "ours",
     ) -> None:
         """Index the vertebrae of split ``phase`` under ``dataroot`` (slices at ``img_size``
         px). ``seed`` seeds the random slice choice; ``use_cam=False`` skips ``heatmap/`` (an
         all-zero CAM); ``max_cache_mb`` bounds the volume cache; ``max_dataset_size`` keeps the
-        first items only (``None``: all)."""
+        first items only (``None``: all); ``height_convention``, ``cam_in_band`` and
+        ``slice_weighting``: ours or the original's (the flags of the same names)."""
         self.root = Path(dataroot)
         self.phase = str(phase)
         self.img_size = int(img_size)
@@ -262,6 +316,16 @@ class VertebraDataset(BaseDataset):
         self.slice_mode = slice_mode
         self.seed = int(seed)
         self.use_cam = bool(use_cam)
+        self.height_convention = height_convention
+        self.cam_in_band = cam_in_band
+        self.slice_weighting = slice_weighting
+        for name, value, choices in (
+            ("height_convention", self.height_convention, HEIGHT_CONVENTIONS),
+            ("cam_in_band", self.cam_in_band, CAM_IN_BAND),
+            ("slice_weighting", self.slice_weighting, SLICE_WEIGHTINGS),
+        ):
+            if value not in choices:
+                raise ValueError(f"--{name} {value!r}: choose one of {choices}")
         if self.vert_class not in VERT_CLASSES:
             raise ValueError(f"--vert_class {self.vert_class!r}: choose one of {VERT_CLASSES}")
         if self.slice_mode not in SLICE_MODES:
@@ -310,7 +374,11 @@ class VertebraDataset(BaseDataset):
         grades: dict[str, int] = {}
         for name in [n for n in splits if n != self.phase] + [self.phase]:
             grades.update(splits.get(name, {}))
-        wanted = {"normal": lambda g: g == 0, "abnormal": lambda g: g > 0, "all": lambda g: True}
+        wanted = {
+            "normal": is_normal,
+            "abnormal": lambda g: g > NORMAL_MAX_GRADE,
+            "all": lambda g: True,
+        }
         keys = [k for k in splits.get(self.phase, {}) if wanted[self.vert_class](grades[k])]
         if not keys:
             raise ValueError(
@@ -336,18 +404,24 @@ class VertebraDataset(BaseDataset):
                 )
         label = self._volume(label_path, "label", shape)  # (D, S, S)
         present = label == vid
-        rows_any = present.any(axis=2)  # (D, S): rows holding the target, per slice
-        in_slice = rows_any.any(axis=1)
-        if not in_slice.any():
+        zs = np.flatnonzero(present.any(axis=(1, 2)))
+        if zs.size == 0:
             raise ValueError(f"{label_path} does not contain vertebra id {vid} (from {key!r})")
-        zs = np.flatnonzero(in_slice)
         lo, hi = central_range(int(zs[0]), int(zs[-1]))
         size = self.img_size
+        min_px = scaled_area_px(MIN_PIECE_PX_AT_256, size)
+        target = drop_small_pieces(present, min_px)  # as build_slice_sample, every slice
+        rows_any = target.any(axis=2)  # (D, S): rows holding the target, per slice
         first = rows_any.argmax(axis=1)
         last = size - 1 - rows_any[:, ::-1].argmax(axis=1)
+        height = last - first + (self.height_convention == "rows")
         ks = np.arange(lo, hi + 1)
-        ok = in_slice[ks] & (last[ks] - first[ks] + 1 < band_px(size))
-        weights, ratios = pyramid_weights(lo, hi, ks)
+        ok = (target[ks].sum(axis=(1, 2)) > min_px) & (height[ks] >= 1)
+        ok &= height[ks] < band_px(size)
+        if self.slice_weighting == "original":
+            weights, ratios = original_slice_weights(int(zs[0]), int(zs[-1]), ks)
+        else:
+            weights, ratios = pyramid_weights(lo, hi, ks)
         valid = ks[ok]
         probs = weights[ok] / weights[ok].sum() if valid.size else weights[ok]
         ids = np.flatnonzero(np.bincount(label.ravel(), minlength=256)[1:]) + 1
@@ -377,16 +451,17 @@ class VertebraDataset(BaseDataset):
         return self.cache.get(path, load)
 
     def normal_ids(self, key: str, *, healthy: bool = False) -> list[int]:
-        """Label ids of the volume of ``key`` that count as normal in ``normal_vert``: grade 0
-        in the JSON or not listed (neighbours); the target only when its grade is 0, or
-        always with ``healthy=True`` (the healthy truth of a fractured vertebra)."""
+        """Label ids of the volume of ``key`` that count as normal in ``normal_vert``: those
+        whose grade in the JSON is normal (:func:`is_normal`; a vertebra that no split lists,
+        or with an unknown grade, is not), and the target always with ``healthy=True`` (the
+        healthy truth of a fractured vertebra)."""
         info = self._info(key, healthy)
         out = []
         for i in info.label_ids:
             if i == info.vid:
-                normal = healthy or info.grade == 0
+                normal = healthy or is_normal(info.grade)
             else:
-                normal = self.grades.get(f"{info.pid}_{i}", 0) in (0, -1)
+                normal = is_normal(self.grades.get(f"{info.pid}_{i}"))
             if normal:
                 out.append(i)
         return out
@@ -435,11 +510,16 @@ class VertebraDataset(BaseDataset):
         label = self._volume(label_path, "label", info.shape)[k]
         ct = self._volume(ct_path, "ct", info.shape)[k]
         cam = None if cam_path is None else self._volume(cam_path, "cam", info.shape)[k]
-        s = build_slice_sample(ct, label, cam, info.vid, self.normal_ids(key, healthy=healthy))
-        out: dict[str, Any] = {
-            name: torch.from_numpy(s[name][None])
-            for name in ("A", "B", "mask", "vert_mask", "normal_vert", "CAM")
-        }
+        s = build_slice_sample(
+            ct,
+            label,
+            cam,
+            info.vid,
+            self.normal_ids(key, healthy=healthy),
+            height_convention=self.height_convention,
+            cam_in_band=self.cam_in_band,
+        )
+        out: dict[str, Any] = {name: torch.from_numpy(s[name][None]) for name in IMAGE_KEYS}
         out["height"] = torch.tensor(s["height"], dtype=torch.float32)
         for name in ("x1", "x2", "h2"):
             out[name] = torch.tensor(s[name], dtype=torch.int64)
@@ -450,11 +530,14 @@ class VertebraDataset(BaseDataset):
         return out
 
     def vertebra_rows_in_slice(self, key: str, k: int, *, healthy: bool = False) -> tuple[int, int]:
-        """Rows ``(x1, x2)`` (inclusive, at ``img_size``) of the vertebra in the unshifted
-        slice ``k``: B geometry moves them by ``sample['x1'] - x1``."""
+        """Rows ``(x1, x2)`` (inclusive, at ``img_size``) that the sample of slice ``k`` cuts
+        out of the unshifted slice (``src_x1, src_x2`` of the sample): B geometry moves them by
+        ``sample['x1'] - x1``."""
         info = self._info(key, healthy)
         _, label_path, _ = self._paths(key, healthy)
-        rows = vertebra_rows(self._volume(label_path, "label", info.shape)[k], info.vid)
+        label = self._volume(label_path, "label", info.shape)[k]
+        min_px = scaled_area_px(MIN_PIECE_PX_AT_256, self.img_size)
+        rows = vertebra_span(drop_small_pieces(label == info.vid, min_px), self.height_convention)
         if rows is None:
             raise ValueError(f"vertebra {key!r} is absent from slice {k}")
         return rows
