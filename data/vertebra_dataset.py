@@ -27,18 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import warnings
-import zlib
-from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from data.base_dataset import DATASETS, BaseDataset
 from data.vertebra_geometry import (
@@ -51,6 +46,7 @@ from data.vertebra_geometry import (
     pyramid_weights,
     vertebra_span,
 )
+from data.volume_cache import VolumeCache, header_shape, volume_to_slices
 from util.geometry import (
     MIN_PIECE_PX_AT_256,
     SPLIT_FILE,
@@ -59,7 +55,7 @@ from util.geometry import (
     split_key,
     volume_path,
 )
-from util.nifti_io import NiftiError, load_nifti
+from util.nifti_io import load_nifti
 
 VERT_CLASSES = ("normal", "abnormal", "all")
 SLICE_MODES = ("random", "all")
@@ -81,91 +77,6 @@ def is_normal(grade: int | None) -> bool:
     """Whether a split grade counts as normal; ``None`` (not in the split) and -1 (unknown)
     never do."""
     return grade is not None and 0 <= grade <= NORMAL_MAX_GRADE
-
-
-# ----------------------------------------------------------------------------- volumes
-def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
-    return np.minimum(((np.arange(n_out) + 0.5) * n_in / n_out).astype(np.int64), n_in - 1)
-
-
-def volume_to_slices(
-    data: np.ndarray, kind: str, img_size: int, path: str | Path = "<array>"
-) -> np.ndarray:
-    """Native ``(H, W, D)`` volume -> slice-major ``(D, S, S)`` contiguous array at ``S =
-    img_size``: ``kind`` ``"ct"`` (uint8 window 0..255) and ``"label"`` (ids 0..255) give
-    uint8, ``"cam"`` (floats in [0, 1]) float32. ``path`` only names the source in errors."""
-    if kind not in ("ct", "label", "cam"):
-        raise ValueError(f"kind must be 'ct', 'label' or 'cam', got {kind!r}")
-    if data.ndim != 3:
-        raise ValueError(f"{path} has shape {data.shape}, expected a 3-D volume (H, W, D)")
-    vol = np.moveaxis(data, 2, 0)
-    h, w = vol.shape[1:]
-    if kind == "label":
-        if np.issubdtype(vol.dtype, np.floating):
-            vol = np.rint(vol)
-        if vol.min() < 0 or vol.max() > 255:
-            raise ValueError(f"{path}: label ids must lie in 0..255")
-        vol = vol.astype(np.uint8)
-        if (h, w) != (img_size, img_size):
-            vol = vol[:, _nearest_index(h, img_size)][:, :, _nearest_index(w, img_size)]
-        return np.ascontiguousarray(vol)
-    same_size = (h, w) == (img_size, img_size)
-    if kind == "ct" and vol.dtype == np.uint8 and same_size:
-        return np.ascontiguousarray(vol)  # the common case: nothing to convert
-    if kind == "cam" and not np.issubdtype(vol.dtype, np.floating):
-        raise ValueError(f"{path}: a heatmap must be stored as floats in [0, 1], not {vol.dtype}")
-    hi = 255.0 if kind == "ct" else 1.0
-    if vol.dtype != np.uint8 and (vol.min() < -1e-4 or vol.max() > hi + 1e-4):
-        raise ValueError(f"{path}: values must lie in [0, {hi:g}] ({kind})")
-    if not same_size:
-        t = torch.from_numpy(np.ascontiguousarray(vol, dtype=np.float32))[:, None]
-        t = F.interpolate(
-            t, size=(img_size, img_size), mode="bilinear", align_corners=False, antialias=True
-        )
-        vol = t[:, 0].numpy()
-    if kind == "ct":
-        return np.ascontiguousarray(np.clip(np.rint(vol), 0, 255).astype(np.uint8))
-    return np.ascontiguousarray(np.clip(vol, 0.0, 1.0), dtype=np.float32)
-
-
-def _header_shape(path: Path) -> tuple[int, ...]:
-    if not path.is_file():
-        raise FileNotFoundError(f"NIfTI file not found: {path}")
-    try:
-        return tuple(nib.load(str(path)).shape)
-    except (OSError, EOFError, zlib.error, nib.filebasedimages.ImageFileError, ValueError) as exc:
-        raise NiftiError(f"cannot read NIfTI file {path}: {exc}") from exc
-
-
-class VolumeCache:
-    """LRU of loaded volumes keyed by path, bounded in bytes (the newest volume always stays);
-    ``loads`` counts file reads."""
-
-    def __init__(self, max_mb: float) -> None:
-        if max_mb <= 0:
-            raise ValueError(f"max_cache_mb must be > 0, got {max_mb}")
-        self.max_bytes = int(max_mb * 2**20)
-        self.loads = 0
-        self.nbytes = 0
-        self._data: OrderedDict[Path, np.ndarray] = OrderedDict()
-
-    def get(self, path: Path, load: Callable[[Path], np.ndarray]) -> np.ndarray:
-        if path in self._data:
-            self._data.move_to_end(path)
-            return self._data[path]
-        value = load(path)
-        self.loads += 1
-        self._data[path] = value
-        self.nbytes += value.nbytes
-        while self.nbytes > self.max_bytes and len(self._data) > 1:
-            self.nbytes -= self._data.popitem(last=False)[1].nbytes
-        return value
-
-    def empty_copy(self) -> VolumeCache:
-        return VolumeCache(self.max_bytes / 2**20)
-
-    def __len__(self) -> int:
-        return len(self._data)
 
 
 @dataclass(frozen=True)
@@ -254,6 +165,13 @@ class VertebraDataset(BaseDataset):
             help="CAM in the band: the vertebra's CAM rows resized into it, or 0 (the original's)",
         )
         parser.add_argument(
+            "--band_fill",
+            type=float,
+            default=0.0,
+            help="value of the masked band of the input A, in [-1, 1] CT units (the "
+            "original's -1: uint8 0)",
+        )
+        parser.add_argument(
             "--slice_weighting",
             choices=SLICE_WEIGHTINGS,
             default="ours",
@@ -286,6 +204,7 @@ class VertebraDataset(BaseDataset):
             height_convention=opt.height_convention,
             cam_in_band=opt.cam_in_band,
             slice_weighting=opt.slice_weighting,
+            band_fill=opt.band_fill,
         )
 
     def __init__(
@@ -303,12 +222,14 @@ class VertebraDataset(BaseDataset):
         height_convention: str = "rows",
         cam_in_band: str = "resized",
         slice_weighting: str = "ours",
+        band_fill: float = 0.0,
     ) -> None:
         """Index the vertebrae of split ``phase`` under ``dataroot`` (slices at ``img_size``
         px). ``seed`` seeds the random slice choice; ``use_cam=False`` skips ``heatmap/`` (an
         all-zero CAM); ``max_cache_mb`` bounds the volume cache; ``max_dataset_size`` keeps the
         first items only (``None``: all); ``height_convention``, ``cam_in_band`` and
-        ``slice_weighting``: ours or the original's (the flags of the same names)."""
+        ``slice_weighting``, ``band_fill``: ours or the original's (the flags of the same
+        names)."""
         self.root = Path(dataroot)
         self.phase = str(phase)
         self.img_size = int(img_size)
@@ -319,6 +240,9 @@ class VertebraDataset(BaseDataset):
         self.height_convention = height_convention
         self.cam_in_band = cam_in_band
         self.slice_weighting = slice_weighting
+        self.band_fill = float(band_fill)
+        if not -1.0 <= self.band_fill <= 1.0:
+            raise ValueError(f"--band_fill must lie in [-1, 1], got {self.band_fill}")
         for name, value, choices in (
             ("height_convention", self.height_convention, HEIGHT_CONVENTIONS),
             ("cam_in_band", self.cam_in_band, CAM_IN_BAND),
@@ -396,11 +320,11 @@ class VertebraDataset(BaseDataset):
         """Check the files of ``key`` and scan its label for valid slices."""
         pid, vid = split_key(key)
         ct_path, label_path, cam_path = self._paths(key, healthy)
-        shape = _header_shape(label_path)
+        shape = header_shape(label_path)
         for path in (ct_path, cam_path):
-            if path is not None and _header_shape(path) != shape:
+            if path is not None and header_shape(path) != shape:
                 raise ValueError(
-                    f"{path} has shape {_header_shape(path)} but {label_path} has shape {shape}"
+                    f"{path} has shape {header_shape(path)} but {label_path} has shape {shape}"
                 )
         label = self._volume(label_path, "label", shape)  # (D, S, S)
         present = label == vid
@@ -518,6 +442,7 @@ class VertebraDataset(BaseDataset):
             self.normal_ids(key, healthy=healthy),
             height_convention=self.height_convention,
             cam_in_band=self.cam_in_band,
+            band_fill=self.band_fill,
         )
         out: dict[str, Any] = {name: torch.from_numpy(s[name][None]) for name in IMAGE_KEYS}
         out["height"] = torch.tensor(s["height"], dtype=torch.float32)

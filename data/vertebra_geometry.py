@@ -199,6 +199,7 @@ def build_slice_sample(
     *,
     height_convention: HeightConvention = "rows",
     cam_in_band: CamInBand = "resized",
+    band_fill: float = 0.0,
 ) -> dict[str, Any]:
     """The image part of one sample from one slice already at ``S = img_size``.
 
@@ -213,6 +214,7 @@ def build_slice_sample(
         normal_ids: label ids that count as normal in ``normal_vert``.
         height_convention: ``rows`` (ours) or ``span`` (the original's).
         cam_in_band: ``resized`` (ours) or ``zero`` (the original's).
+        band_fill: value of A's band in [-1, 1] CT units (ours 0; the original's -1, uint8 0).
 
     Returns ``A, B, mask, vert_mask, normal_vert, normal_vert_context, CAM`` as ``(S, S)``
     float32 (``normal_vert_context``: the normal vertebrae in A geometry, band empty) and
@@ -232,7 +234,7 @@ def build_slice_sample(
     # Gather uint8 rows first, convert after: cheaper than converting the whole slice.
     ia = close_context_index(x1, x2, size)
     a = _ct_to_unit(ct[np.maximum(ia, 0)])
-    a[ia < 0] = 0.0
+    a[ia < 0] = band_fill
     b0, b1 = band_rows(size)
     mask = np.zeros((size, size), np.float32)
     mask[b0:b1] = 1.0

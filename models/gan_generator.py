@@ -4,7 +4,8 @@ Layout (``ngf = 16``, about 1.0 M parameters, as the original):
 
 * **CoarseGenerator**: input ``[masked CT, band mask, slice_ratio plane]``; a strided
   encoder to ``S/4``, atrous convs (dilation 2, 4, 8, 16), a decoder back to ``S`` with the
-  inverted CAM injected at ``S/2`` and ``S`` (HGAM, :class:`CamModulation`); a height head
+  inverted CAM injected at ``S/2`` and ``S`` (HGAM, :class:`CamModulation`, or
+  :class:`CamConcat` as the original with ``--cam_injection concat``); a height head
   (global pool -> FC -> sigmoid) on the bottleneck and a segmentation head (sigmoid).
 * **FineGenerator**: input ``[stage-1 result composed into the context, mask, ratio]``; a
   conv branch (encoder + atrous) and a contextual-attention branch (encoder + :func:`
@@ -92,6 +93,25 @@ class CamModulation(nn.Module):
         return feat * (1.0 + scale) + shift
 
 
+class CamConcat(nn.Module):
+    """HGAM as the original injects it: the inverted CAM (resized by nearest sampling) is
+    concatenated to the features as one more channel and an :class:`EluConv` maps them back
+    to ``channels``."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = EluConv(channels + 1, channels)
+
+    def forward(self, feat: Tensor, cam: Tensor) -> Tensor:
+        step = cam.shape[-1] // feat.shape[-1]
+        return self.conv(torch.cat([feat, cam[..., ::step, ::step].to(feat.dtype)], dim=1))
+
+
+#: HGAM injection of the CAM into the coarse decoder: ``modulation`` (ours) or ``concat`` (the
+#: original's extra input channel).
+CAM_INJECTIONS = {"modulation": CamModulation, "concat": CamConcat}
+
+
 class GanHeightHead(nn.Module):
     """Global average pool -> FC -> sigmoid: (B, C, h, w) -> (B, 1) height in [0, 1] of h2."""
 
@@ -126,15 +146,16 @@ class _Decoder(nn.Module):
     Returns ``(bottleneck features, image logits, seg logits)``.
     """
 
-    def __init__(self, cin: int, ngf: int, with_cam: bool) -> None:
+    def __init__(self, cin: int, ngf: int, cam_injection: str | None) -> None:
         super().__init__()
         self.s4 = nn.Sequential(EluConv(cin, 4 * ngf), EluConv(4 * ngf, 4 * ngf))
         self.up2 = UpConv(4 * ngf, 2 * ngf)
         self.s2 = EluConv(2 * ngf, 2 * ngf)
         self.up1 = UpConv(2 * ngf, ngf)
         self.head = EluConv(ngf, 2, act=False)  # image and segmentation logits
-        self.cam2 = CamModulation(2 * ngf) if with_cam else None
-        self.cam1 = CamModulation(ngf) if with_cam else None
+        inject = None if cam_injection is None else CAM_INJECTIONS[cam_injection]
+        self.cam2 = inject(2 * ngf) if inject else None
+        self.cam1 = inject(ngf) if inject else None
 
     def forward(self, x: Tensor, cam: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         bottleneck = self.s4(x)
@@ -151,10 +172,10 @@ class _Decoder(nn.Module):
 class CoarseGenerator(nn.Module):
     """Stage 1. ``forward(x, cam) -> (image logits, seg logits, height)`` at full size."""
 
-    def __init__(self, in_nc: int, ngf: int) -> None:
+    def __init__(self, in_nc: int, ngf: int, cam_injection: str = "modulation") -> None:
         super().__init__()
         self.body = nn.Sequential(*_encoder(in_nc, ngf), *_atrous(ngf))
-        self.decoder = _Decoder(4 * ngf, ngf, with_cam=True)
+        self.decoder = _Decoder(4 * ngf, ngf, cam_injection)
         self.height = GanHeightHead(4 * ngf)
 
     def forward(self, x: Tensor, cam: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -281,7 +302,7 @@ class FineGenerator(nn.Module):
         self.conv_branch = nn.Sequential(*_encoder(in_nc, ngf), *_atrous(ngf))
         self.attn_encoder = nn.Sequential(*_encoder(in_nc, ngf))
         self.attn_decoder = nn.Sequential(EluConv(4 * ngf, 4 * ngf), EluConv(4 * ngf, 4 * ngf))
-        self.decoder = _Decoder(8 * ngf, ngf, with_cam=False)
+        self.decoder = _Decoder(8 * ngf, ngf, None)
         self.height = GanHeightHead(4 * ngf)
 
     def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -298,16 +319,21 @@ class GanNetwork(nn.Module):
         ngf: base width (16 in the original).
         img_size: ``S``, a multiple of 16 (the encoder downsamples by 4 and the attention
             matches at ``S/8``).
+        cam_injection: HGAM in the coarse decoder, a key of :data:`CAM_INJECTIONS`.
     """
 
-    def __init__(self, *, ngf: int = 16, img_size: int = 256) -> None:
+    def __init__(
+        self, *, ngf: int = 16, img_size: int = 256, cam_injection: str = "modulation"
+    ) -> None:
         super().__init__()
         if ngf < 1:
             raise ValueError(f"--ngf must be a positive width, got {ngf}")
         if img_size < 16 or img_size % 16:
             raise ValueError(f"--img_size must be a multiple of 16, got {img_size}")
+        if cam_injection not in CAM_INJECTIONS:
+            raise ValueError(f"cam_injection must be one of {list(CAM_INJECTIONS)}")
         self.img_size = img_size
-        self.coarse = CoarseGenerator(3, ngf)
+        self.coarse = CoarseGenerator(3, ngf, cam_injection)
         self.fine = FineGenerator(3, ngf)
 
     def forward(self, inp: GeneratorInput) -> GeneratorOutput:
@@ -346,9 +372,11 @@ def _logit(p: float) -> float:
 class GanGenerator(Generator):
     """HealthiVert-GAN's generator behind the :class:`Generator` interface."""
 
-    def __init__(self, *, ngf: int = 16, img_size: int = 256) -> None:
+    def __init__(
+        self, *, ngf: int = 16, img_size: int = 256, cam_injection: str = "modulation"
+    ) -> None:
         super().__init__()
-        self.net = GanNetwork(ngf=ngf, img_size=img_size)
+        self.net = GanNetwork(ngf=ngf, img_size=img_size, cam_injection=cam_injection)
         # Prior-probability init of the segmentation logits (Lin et al. 2017): starting at 0.5
         # everywhere, the Dice gradient on the background is ~1e-5 per pixel and the fine
         # Dice loss stayed at 0.97 for 150 steps; starting at the prior it fell to 0.60.
@@ -363,11 +391,22 @@ class GanGenerator(Generator):
         parser.add_argument(
             "--ngf", type=int, default=16, help="base width of the GAN generator (original 16)"
         )
+        parser.add_argument(
+            "--cam_injection",
+            default="modulation",
+            choices=list(CAM_INJECTIONS),
+            help="HGAM in the coarse decoder: a zero-initialised scale-shift of the features "
+            "by the CAM, or the CAM as an extra input channel of a conv (the original's)",
+        )
         return parser
 
     @classmethod
     def from_opt(cls, opt: argparse.Namespace) -> GanGenerator:
-        return cls(ngf=int(opt.ngf), img_size=int(opt.img_size))
+        return cls(
+            ngf=int(opt.ngf),
+            img_size=int(opt.img_size),
+            cam_injection=getattr(opt, "cam_injection", "modulation"),
+        )
 
     def training_forward(self, inp: GeneratorInput, target: Tensor) -> TrainingOutput:
         """One pass with gradients; ``target`` is unused (the losses live in the model)."""

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from models.discriminators import GANLoss, HealthiVertDiscriminators, generator_gan_loss
-from models.gan_generator import GanGenerator, contextual_attention
+from models.gan_generator import CamConcat, GanGenerator, contextual_attention
 from models.generator_base import GeneratorInput, GeneratorOutput, find_generator
 from models.losses import (
     LossWeights,
@@ -115,6 +115,23 @@ def test_size_parameters_and_options() -> None:
     wrong_size = _inputs()._replace(masked_ct=torch.zeros(2, 1, 32, 32))
     with pytest.raises(ValueError, match="masked_ct"):
         GanGenerator(img_size=S).sample(wrong_size)
+
+
+def test_cam_as_input_channels() -> None:
+    """--cam_injection concat (the original's HGAM): the CAM is a channel of two decoder convs,
+    so it changes the output from the first step (the zero-initialised modulation does not)."""
+    torch.manual_seed(0)
+    inp = _inputs()
+    for injection, changes in (("concat", True), ("modulation", False)):
+        g = GanGenerator(ngf=8, img_size=S, cam_injection=injection).eval()
+        a = g.sample(inp).outputs.x_stage1
+        b = g.sample(inp._replace(cam=1 - inp.cam)).outputs.x_stage1
+        assert (not torch.equal(a, b)) == changes, injection
+    assert isinstance(
+        GanGenerator(ngf=8, img_size=S, cam_injection="concat").net.coarse.decoder.cam1, CamConcat
+    )
+    with pytest.raises(ValueError, match="cam_injection"):
+        GanGenerator(img_size=S, cam_injection="add")
 
 
 def test_contextual_attention_keeps_context_and_points_offsets_at_background() -> None:
