@@ -18,10 +18,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from healthivert_original import SHARED_DATA, original_module, requires_original
+from healthivert_original import ORIGINAL, SHARED_DATA, original_module, requires_original
 from torch.utils.data import default_collate
 
 from data.vertebra_dataset import VertebraDataset
+from evaluation.healthivert_protocol import (
+    grade_original_protocol,
+    rhlv_original,
+    split_rows,
+    synthesis_metrics_original,
+)
 from models import create_model
 from models.discriminators import (
     GANLoss,
@@ -417,3 +423,123 @@ def test_shrm_and_d3_input_match_the_original(probe_root, tmp_path, monkeypatch)
         assert torch.equal(ours1, orig.fake_B_coarse), extra
         assert torch.equal(ours2, orig.fake_B), extra
         assert torch.equal(d3.crop_band(ours2), orig.fake_B_local), extra
+
+
+# ----------------------------------------------------------------------------- evaluation
+LABEL_0007_22 = (SHARED_DATA or Path(".")) / "healthivert_0007/straightened_label/0007_22.nii.gz"
+
+
+def _wedge(label: np.ndarray, vid: int, rows: int) -> np.ndarray:
+    """``label`` with vertebra ``vid`` losing up to ``rows`` top rows, linearly from its most
+    anterior column (``rows``) to its most posterior one (0): an anterior wedge."""
+    out = label.copy()
+    cols = np.nonzero(label == vid)[1]
+    c0, c1 = cols.min(), cols.max()
+    for c in range(c0, c1 + 1):
+        cut = int(round(rows * (c1 - c) / max(c1 - c0, 1)))
+        for k in range(label.shape[2]):
+            r = np.flatnonzero(out[:, c, k] == vid)
+            if r.size:
+                out[r[:cut], c, k] = 0
+    return out
+
+
+@pytest.mark.skipif(SHARED_DATA is None, reason="shared data absent")
+@pytest.mark.parametrize("case", ["same", "wedge", "shorter_synthesis"])
+def test_rhlv_matches_the_original(case: str) -> None:
+    """``rhlv_original`` against ``RHLV_quantification.calculate_rhlv`` (its slice range and
+    centre computed as its ``process_datasets_to_excel`` does) on case 0007, vertebra 22:
+    all five numbers within 1e-9 (measured: equal)."""
+    rq = original_module("evaluation.RHLV_quantification")
+    label, _, _ = load_nifti(LABEL_0007_22)
+    label = label.astype(np.uint8)
+    healthy = label
+    if case == "wedge":
+        label = _wedge(label, 22, 10)
+    elif case == "shorter_synthesis":
+        healthy = _wedge(label, 22, 4)
+    ours = rhlv_original(healthy, label, 22)
+    fake, seg = (healthy == 22).astype(float), (label == 22).astype(float)
+    z = np.nonzero(seg)[2]
+    theirs = rq.calculate_rhlv(fake, seg, int(np.mean(z)), (z.max() - z.min()) // 5, "v", 0.7)
+    np.testing.assert_allclose(
+        [ours.all, ours.anterior, ours.middle, ours.posterior, ours.relative_height_label],
+        theirs,
+        rtol=0,
+        atol=1e-9,
+    )
+    if case == "wedge":
+        assert ours.anterior > ours.middle > ours.posterior >= 0
+
+
+def _split_features(seed: int = 0) -> tuple[dict[str, dict[str, int]], dict[str, np.ndarray]]:
+    """The original's VerSe2019 split (1,460 graded vertebrae, file order test, train, val)
+    with RHLV-like features that grow with the grade, plus noise."""
+    splits = json.loads((ORIGINAL / "data" / "vertebra_data.json").read_text())
+    rng = np.random.default_rng(seed)
+    feats = {}
+    for ids in splits.values():
+        for key, g in ids.items():
+            base = np.array([0.08, 0.06, 0.03]) * g
+            feats[key] = base + rng.normal(0, 0.06, 3)
+    return splits, feats
+
+
+def test_grading_protocol_matches_the_original(tmp_path, monkeypatch) -> None:
+    """``grade_original_protocol`` against ``SVM_grading.evaluate_svm`` (its Excel read replaced
+    by the same table) on the original's split: the fold-averaged macro F1, precision, recall
+    and accuracy within 1e-9 (its report prints them in full precision)."""
+    pd = pytest.importorskip("pandas")
+    svm = original_module("evaluation.SVM_grading")
+    splits, feats = _split_features()
+    rows = [
+        {"Vertebra": k, "Label": g, "Dataset": ph, "Pre RHLV": feats[k][0],
+         "Mid RHLV": feats[k][1], "Post RHLV": feats[k][2]}
+        for ph, ids in splits.items() for k, g in ids.items()
+    ]  # fmt: skip
+    monkeypatch.setattr(svm.pd, "read_excel", lambda path: pd.DataFrame(rows))
+    report = tmp_path / "svm.txt"
+    svm.evaluate_svm("table.xlsx", ["Pre RHLV", "Mid RHLV", "Post RHLV"], str(report))
+    text = report.read_text()
+    grades = {k: g for ids in splits.values() for k, g in ids.items()}
+    train_test, val = split_rows(splits, list(grades))
+    ours = grade_original_protocol(
+        np.array([feats[k] for k in train_test]),
+        [grades[k] for k in train_test],
+        np.array([feats[k] for k in val]),
+        [grades[k] for k in val],
+    )
+    for name, key in (
+        ("F1 Score", "macro_f1"),
+        ("Precision", "macro_precision"),
+        ("Recall", "macro_recall"),
+        ("Accuracy", "accuracy"),
+    ):
+        line = next(x for x in text.splitlines() if x.startswith(f"Average {name}:"))
+        assert ours[key] == pytest.approx(float(line.split()[-3]), abs=1e-9), name
+    assert ours["n_train_test"] == 1095 and ours["n_val"] == 365
+
+
+@pytest.mark.skipif(SHARED_DATA is None, reason="shared data absent")
+def test_synthesis_metrics_match_the_original(tmp_path) -> None:
+    """``synthesis_metrics_original`` against ``generation_eval_sagittal.process_images`` on
+    NIfTI files of case 0007, vertebra 22 (a textured CT, a noisy synthesis, a label one row
+    off): all seven numbers within 1e-9."""
+    ge = original_module("evaluation.generation_eval_sagittal")
+    label, affine, _ = load_nifti(
+        SHARED_DATA / "healthivert_0007/straightened_label/0007_22.nii.gz"
+    )
+    label = label.astype(np.uint8)
+    rng = np.random.default_rng(3)
+    ct = np.clip(rng.normal(80, 20, label.shape) + 90 * (label > 0), 0, 255).astype(np.uint8)
+    fake_ct = np.clip(ct + rng.normal(0, 12, ct.shape) * (label == 22), 0, 255).astype(np.uint8)
+    fake_label = np.roll(label, 1, axis=0)
+    paths = {}
+    for name, vol in (("ct", ct), ("fake_ct", fake_ct), ("seg", label), ("fake_seg", fake_label)):
+        paths[name] = tmp_path / name / "0007_22.nii.gz"
+        save_nifti(paths[name], vol, affine)
+    theirs = ge.process_images(*(str(paths[n]) for n in ("ct", "fake_ct", "seg", "fake_seg")))
+    ours = synthesis_metrics_original(ct, fake_ct, label, fake_label, 22)
+    keys = ("global_psnr", "global_ssim", "patch_psnr", "patch_ssim", "iou", "rv_diff", "dice")
+    np.testing.assert_allclose([ours[k] for k in keys], theirs, rtol=0, atol=1e-9)
+    assert 0.5 < ours["dice"] < 1 and ours["patch_psnr"] > 0
