@@ -27,8 +27,10 @@ axis 2.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,6 +46,9 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
+from util.geometry import split_key, volume_path
+from util.nifti_io import load_nifti
+
 PROTOCOLS = ("ours", "healthivert")
 #: What each protocol's report says produced it.
 PROTOCOL_NOTES = {
@@ -57,7 +62,8 @@ PROTOCOL_NOTES = {
 #: within centre +- extent / LENGTH_DIVISOR.
 HEIGHT_THRESHOLD = 0.7
 LENGTH_DIVISOR = 5
-#: Its synthesis metrics use slices with more label voxels than this (at 1 mm, 256 px).
+#: Its synthesis metrics use slices with more label voxels than this at 256 x 256 px (1 mm);
+#: scaled with the slice's area for other sizes (a 64 px phantom at 4 mm: 25).
 MIN_SLICE_VOXELS = 400
 
 
@@ -166,10 +172,13 @@ def grade_original_protocol(
        class-balanced ``SVC`` fitted on the fold's training part predicts **val**;
     3. macro precision / recall / F1 and accuracy of val, per fold, averaged over the folds.
 
+    Fewer folds (with a warning) when the rarest grade of train + test has fewer than
+    ``n_splits`` vertebrae (small phantoms; the original's data has 5 or more).
+
     Returns a JSON-ready dict: ``macro_precision, macro_recall, macro_f1, accuracy`` (fold
-    means), ``fold_*`` lists, ``variance_macro_f1``, ``confusion_matrices`` (per fold, labels
-    in sorted order), ``labels``, ``n_train_test``, ``n_val``, ``folds``, ``features``,
-    ``protocol`` ("healthivert").
+    means), ``fold_*`` lists, ``variance_macro_f1``, ``confusion_matrices`` (per fold) and
+    ``confusion_matrix`` (their sum; rows = true grade, labels in sorted order), ``labels``,
+    ``n_train_test``, ``n_val``, ``folds``, ``features``, ``protocol`` ("healthivert").
     """
     x = np.asarray(train_test_features, dtype=np.float64)
     y = np.asarray(train_test_grades).astype(int)
@@ -183,6 +192,16 @@ def grade_original_protocol(
         raise ValueError("the original's protocol scores the val split, which is empty")
     if not (np.isfinite(x).all() and np.isfinite(xv).all()):
         raise ValueError("features contain NaN or infinite values")
+    rarest = int(np.unique(y, return_counts=True)[1].min()) if y.size else 0
+    if rarest < 2:
+        raise ValueError("each grade of train + test needs at least 2 vertebrae for the folds")
+    if rarest < n_splits:
+        warnings.warn(
+            f"the rarest grade of train + test has {rarest} vertebrae: {rarest} folds, not "
+            f"{n_splits}",
+            stacklevel=2,
+        )
+        n_splits = rarest
     scaler = StandardScaler().fit(x)
     x, xv = scaler.transform(x), scaler.transform(xv)
     labels = np.unique(np.concatenate([y, yv]))
@@ -210,6 +229,7 @@ def grade_original_protocol(
         "fold_accuracy": folds["accuracy"],
         "variance_macro_f1": float(np.var(folds["f1"])),
         "confusion_matrices": folds["cm"],
+        "confusion_matrix": np.sum(folds["cm"], axis=0).tolist(),
         "labels": [int(g) for g in labels],
         "n_train_test": int(y.size),
         "n_val": int(yv.size),
@@ -274,12 +294,13 @@ def synthesis_metrics_original(
     ori = original_label == vid
     if not ori.any():
         raise ValueError(f"vertebra {vid} is absent from the original label volume")
+    min_voxels = MIN_SLICE_VOXELS * ori.shape[0] * ori.shape[1] / 256**2
     scores: dict[str, list[float]] = {
         k: [] for k in ("patch_psnr", "patch_ssim", "global_psnr", "global_ssim")
     }
     a, b = np.asarray(original_ct, np.float64), np.asarray(synthesised_ct, np.float64)
     for k in _central_slices(ori):
-        if np.sum(ori[:, :, k]) <= MIN_SLICE_VOXELS:
+        if np.sum(ori[:, :, k]) <= min_voxels:
             continue
         rows = np.nonzero(ori[:, :, k])[0]
         for name, crop in (("patch", slice(rows.min(), rows.max() + 1)), ("global", slice(None))):
@@ -298,16 +319,14 @@ def synthesis_metrics_original(
 
 def average_per_vertebra(per_vertebra: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
     """Mean of each metric over the vertebrae, skipping those whose patch PSNR or SSIM is NaN
-    or 0 (as the original); ``n`` counts the vertebrae averaged."""
+    or 0 (as the original); ``n`` counts the vertebrae averaged (values None when 0)."""
     kept = [
         m
         for m in per_vertebra.values()
         if all(not math.isnan(m[k]) and m[k] != 0 for k in ("patch_psnr", "patch_ssim"))
     ]
     keys = ("global_psnr", "global_ssim", "patch_psnr", "patch_ssim", "iou", "rv_diff", "dice")
-    out: dict[str, Any] = {
-        k: float(np.mean([m[k] for m in kept])) if kept else float("nan") for k in keys
-    }
+    out: dict[str, Any] = {k: float(np.mean([m[k] for m in kept])) if kept else None for k in keys}
     out["n"] = len(kept)
     out["protocol"] = "healthivert"
     return out
@@ -316,3 +335,91 @@ def average_per_vertebra(per_vertebra: Mapping[str, Mapping[str, float]]) -> dic
 def rhlv_as_dict(r: OriginalRhlv) -> dict[str, float]:
     """JSON-ready ``{"all": .., "anterior": .., ...}``."""
     return {k: round(float(v), 6) for k, v in asdict(r).items()}
+
+
+# ----------------------------------------------------------------------------- entry points
+def grade_ids_original_protocol(
+    features: Mapping[str, np.ndarray],
+    grades: Mapping[str, int],
+    splits: Mapping[str, Mapping[str, int]],
+    feature_names: Sequence[str],
+) -> dict[str, Any]:
+    """:func:`grade_original_protocol` on per-id features, rows in the split file's order;
+    ids in no split are left out (``left_out`` in the result)."""
+    train_test, val = split_rows(splits, list(features))
+    res = grade_original_protocol(
+        np.array([features[k] for k in train_test]).reshape(len(train_test), -1),
+        [grades[k] for k in train_test],
+        np.array([features[k] for k in val]).reshape(len(val), -1),
+        [grades[k] for k in val],
+        feature_names=feature_names,
+    )
+    res["left_out"] = sorted(set(features) - set(train_test) - set(val))
+    return res
+
+
+def grade_synthesis_healthivert(
+    dataroot: str | Path,
+    synthesis: str | Path,
+    records: Mapping[str, Mapping[str, Any]],
+    splits: Mapping[str, Mapping[str, int]],
+) -> dict[str, Any]:
+    """The original's evaluation of a whole-vertebra synthesis (``synthesize_volume.py`` output).
+
+    Args:
+        dataroot: data root of the original volumes (``label/``, ``CT/``).
+        synthesis: folder with ``label/<id>.nii.gz`` and ``CT/<id>.nii.gz``.
+        records: per id a heights-table record of ``scripts/grade_synthesis.py`` (``grade``,
+            ``neighbours`` and ``original`` heights in mm, ``synthesis_failed`` when set).
+        splits: the data root's split file (order matters: the folds are unshuffled).
+
+    Returns ``{"rhlv": .., "baseline": .., "synthesis_metrics": .., "rhlv_per_vertebra": ..}``:
+    the original's RHLV graded by its protocol; the neighbour-height baseline (ours: the
+    original has none) graded by the same protocol; its synthesis metrics averaged over the
+    normal (grade 0) val vertebrae, as its ``generation_eval_sagittal.py``. A vertebra whose
+    synthesis failed counts with RHLV 0 (no height loss found), as in our protocol.
+    """
+    dataroot, synthesis = Path(dataroot), Path(synthesis)
+    rhlv, per_vertebra = {}, {}
+    for key, rec in records.items():
+        vid = split_key(key)[1]
+        if "synthesis_failed" in rec:
+            rhlv[key] = np.zeros(3)
+            continue
+        original, _, _ = load_nifti(volume_path(dataroot, "label", key))
+        synthesised, _, _ = load_nifti(synthesis / "label" / f"{key}.nii.gz")
+        r = rhlv_original(synthesised, original, vid)
+        rhlv[key], per_vertebra[key] = r.thirds(), rhlv_as_dict(r)
+    grades = {k: int(r["grade"]) for k, r in records.items()}
+    names = [f"rhlv_{t}" for t in ("anterior", "middle", "posterior")]
+    baseline = {
+        k: 1.0 - _thirds(r["original"]) / _thirds(r["neighbours"]) for k, r in records.items()
+    }
+    metrics = {}
+    for key in (k for k, g in splits.get("val", {}).items() if g == 0 and k in records):
+        if "synthesis_failed" in records[key]:
+            continue
+        vols = [
+            load_nifti(p)[0]
+            for p in (
+                volume_path(dataroot, "CT", key),
+                synthesis / "CT" / f"{key}.nii.gz",
+                volume_path(dataroot, "label", key),
+                synthesis / "label" / f"{key}.nii.gz",
+            )
+        ]
+        metrics[key] = synthesis_metrics_original(*vols, split_key(key)[1])
+    return {
+        "rhlv": grade_ids_original_protocol(rhlv, grades, splits, names),
+        "baseline": grade_ids_original_protocol(
+            baseline, grades, splits, [f"nb_loss_{t}" for t in ("anterior", "middle", "posterior")]
+        ),
+        "synthesis_metrics": average_per_vertebra(metrics) if metrics else None,
+        "rhlv_per_vertebra": per_vertebra,
+        "protocol": "healthivert",
+        "protocol_note": PROTOCOL_NOTES["healthivert"],
+    }
+
+
+def _thirds(d: Mapping[str, float]) -> np.ndarray:
+    return np.array([float(d[f"{t}_mm"]) for t in ("anterior", "middle", "posterior")])
