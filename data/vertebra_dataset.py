@@ -411,6 +411,15 @@ class VertebraDataset(BaseDataset):
         ``healthy_CT/``/``healthy_label/`` (phantom) instead of ``CT/``/``label/``."""
         return [int(k) for k in self._info(key, healthy).valid]
 
+    def slice_options(self) -> dict[str, Any]:
+        """The keyword options this dataset passes to ``build_slice_sample`` (for callers that
+        build samples from arrays, e.g. the iterative synthesis, so they match)."""
+        return {
+            "height_convention": self.height_convention,
+            "cam_in_band": self.cam_in_band,
+            "band_fill": self.band_fill,
+        }
+
     def has_healthy(self, key: str) -> bool:
         """Whether the root holds a healthy volume pair for ``key`` (phantom fractures)."""
         ct, label, _ = self._paths(key, healthy=True)
@@ -434,16 +443,8 @@ class VertebraDataset(BaseDataset):
         label = self._volume(label_path, "label", info.shape)[k]
         ct = self._volume(ct_path, "ct", info.shape)[k]
         cam = None if cam_path is None else self._volume(cam_path, "cam", info.shape)[k]
-        s = build_slice_sample(
-            ct,
-            label,
-            cam,
-            info.vid,
-            self.normal_ids(key, healthy=healthy),
-            height_convention=self.height_convention,
-            cam_in_band=self.cam_in_band,
-            band_fill=self.band_fill,
-        )
+        normal = self.normal_ids(key, healthy=healthy)
+        s = build_slice_sample(ct, label, cam, info.vid, normal, **self.slice_options())
         out: dict[str, Any] = {name: torch.from_numpy(s[name][None]) for name in IMAGE_KEYS}
         out["height"] = torch.tensor(s["height"], dtype=torch.float32)
         for name in ("x1", "x2", "h2"):

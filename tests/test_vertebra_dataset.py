@@ -517,4 +517,15 @@ def test_sample_from_arrays_matches_dataset(vertebra_root_factory, vertebra_volu
     for key in ("A", "B", "vert_mask", "normal_vert", "CAM", "mask"):
         np.testing.assert_array_equal(s[key], ref[key][0].numpy())
     assert (s["x1"], s["x2"], s["h2"], s["height"]) == (56, 71, 20, 16.0)  # already centred
+    # a dataset with the original's conventions hands them on (iterative synthesis uses this)
+    orig = make(
+        root, img_size=128, vert_class="all", slice_mode="all", height_convention="span",
+        band_fill=-1.0,
+    )  # fmt: skip
+    arrays = [volume_to_slices(v, kind, 128)[k] for v, kind in ((ct, "ct"), (label, "label"))]
+    s2 = build_slice_sample(*arrays, None, 21, orig.normal_ids("p3_21"), **orig.slice_options())
+    ref2 = orig.get_sample("p3_21", k)
+    for key in ("A", "B", "vert_mask"):
+        np.testing.assert_array_equal(s2[key], ref2[key][0].numpy())
+    assert s2["height"] == 15.0 and s2["A"].min() == -1.0
     assert (s["src_x1"], s["src_x2"]) == ds.vertebra_rows_in_slice("p3_21", k) == (56, 71)
