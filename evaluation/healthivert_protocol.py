@@ -208,13 +208,8 @@ def grade_original_protocol(
     folds: dict[str, list] = {k: [] for k in ("f1", "precision", "recall", "accuracy", "cm")}
     for train, _ in StratifiedKFold(n_splits).split(x, y):
         pred = SVC(kernel="linear", class_weight="balanced").fit(x[train], y[train]).predict(xv)
-        folds["f1"].append(float(f1_score(yv, pred, average="macro", zero_division=0)))
-        folds["precision"].append(
-            float(precision_score(yv, pred, average="macro", zero_division=0))
-        )
-        folds["recall"].append(float(recall_score(yv, pred, average="macro", zero_division=0)))
-        folds["accuracy"].append(float(accuracy_score(yv, pred)))
-        folds["cm"].append(confusion_matrix(yv, pred, labels=labels).tolist())
+        for key, value in _val_scores(yv, pred, labels).items():
+            folds[key].append(value)
     names = (
         list(feature_names) if feature_names is not None else [f"f{i}" for i in range(x.shape[1])]
     )
@@ -236,6 +231,19 @@ def grade_original_protocol(
         "folds": n_splits,
         "features": names,
         "protocol": "healthivert",
+    }
+
+
+def _val_scores(truth: np.ndarray, pred: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """Macro F1, precision, recall (0 for a grade never predicted, as sklearn's default),
+    accuracy and the confusion matrix of one fold's val predictions."""
+    macro = {"average": "macro", "zero_division": 0}
+    return {
+        "f1": float(f1_score(truth, pred, **macro)),
+        "precision": float(precision_score(truth, pred, **macro)),
+        "recall": float(recall_score(truth, pred, **macro)),
+        "accuracy": float(accuracy_score(truth, pred)),
+        "cm": confusion_matrix(truth, pred, labels=labels).tolist(),
     }
 
 

@@ -198,6 +198,36 @@ def _fuse(score: Tensor, hs: int, ws: int, fuse_k: int) -> Tensor:
     return y.reshape(b, ws, hs, ws, qh).permute(0, 2, 1, 4, 3).reshape(b, lk, lq)
 
 
+def _paste(columns: Tensor, qa: int, qb: int, rate: int, h: int, w: int) -> Tensor:
+    """Fold the pasted ``2 rate`` x ``2 rate`` patches of the query rows ``[qa, qb)`` (columns
+    (B, C (2r)^2, Nq)) into a (B, C, h, w) map, divided by 4 as the original (zero where no
+    query pastes). Query ``qy`` pastes feature rows ``qy r - r/2 + [0, 2r)``."""
+    half = rate // 2
+    top, out_rows = qa * rate - half, (qb - qa + 1) * rate
+    pasted = F.fold(columns, (out_rows, w), kernel_size=2 * rate, stride=rate, padding=(0, half))
+    recon = columns.new_zeros(columns.shape[0], pasted.shape[1], h, w)
+    lo, hi = max(0, top), min(h, top + out_rows)
+    recon[:, :, lo:hi] = pasted[:, :, lo - top : hi - top] / 4.0
+    return recon
+
+
+def _offsets(
+    best: Tensor, qa: int, qb: int, grid: tuple[int, int], size: tuple[int, int]
+) -> Tensor:
+    """(B, 2, H, W) offsets (dy, dx) in image pixels from each query of rows ``[qa, qb)`` of
+    the ``grid`` (hs, ws) to its best key (``best``: (B, Nq) key indices), nearest-upsampled to
+    ``size`` (H, W); zero on the other rows."""
+    (hs, ws), (big_h, big_w) = grid, size
+    n_rows = qb - qa
+    qy = torch.arange(qa, qb, device=best.device).repeat_interleave(ws)
+    qx = torch.arange(ws, device=best.device).repeat(n_rows)
+    dy = (torch.div(best, ws, rounding_mode="floor") - qy).float() * (big_h / hs)
+    dx = (best % ws - qx).float() * (big_w / ws)
+    flow_s = torch.zeros(best.shape[0], 2, hs, ws, device=best.device)
+    flow_s[:, :, qa:qb] = torch.stack([dy, dx], 1).reshape(-1, 2, n_rows, ws)
+    return F.interpolate(flow_s, size=size, mode="nearest")
+
+
 def contextual_attention(
     feat: Tensor,
     mask: Tensor,
@@ -267,30 +297,11 @@ def contextual_attention(
         attn = attn * valid[:, :, None]
         # Step 5: paste raw patches (the transposed convolution of the original).
         raw = F.unfold(x, 2 * rate, padding=half, stride=rate)  # (B, C (2r)^2, L)
-        n_rows = qb - qa
-        out_rows = (n_rows + 1) * rate  # fold writes rows [(qa - 1) r + r/2, ...)
-        pasted = F.fold(
-            torch.bmm(raw, attn),
-            (out_rows, w),
-            kernel_size=2 * rate,
-            stride=rate,
-            padding=(0, half),
-        )  # pasted row i is feature row top + i
-        top = qa * rate - half
-        recon = torch.zeros_like(x)
-        lo, hi = max(0, top), min(h, top + out_rows)
-        recon[:, :, lo:hi] = pasted[:, :, lo - top : hi - top] / 4.0
+        recon = _paste(torch.bmm(raw, attn), qa, qb, rate, h, w)
         out = recon * hole_f + x * (1.0 - hole_f)
         # Step 7: argmax offsets at the matching grid, scaled to image pixels.
-        best = attn.argmax(dim=1)  # (B, Nq)
-        qy = torch.arange(qa, qb, device=x.device).repeat_interleave(ws)
-        qx = torch.arange(ws, device=x.device).repeat(n_rows)
-        dy = (torch.div(best, ws, rounding_mode="floor") - qy).float() * (big_h / hs)
-        dx = (best % ws - qx).float() * (big_w / ws)
-        flow_s = torch.zeros(b, 2, hs, ws, device=x.device)
         has_bg = valid.amax(dim=1).reshape(b, 1, 1, 1)
-        flow_s[:, :, qa:qb] = torch.stack([dy, dx], 1).reshape(b, 2, n_rows, ws) * has_bg
-        flow = F.interpolate(flow_s, size=(big_h, big_w), mode="nearest") * m
+        flow = _offsets(attn.argmax(dim=1), qa, qb, (hs, ws), (big_h, big_w)) * has_bg * m
     return out.to(feat.dtype), flow
 
 
