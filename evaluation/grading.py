@@ -55,7 +55,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from evaluation.healthivert_protocol import (
-    PROTOCOL_NOTES,
+    GRADING_NOTES,
     PROTOCOLS,
     grade_ids_original_protocol,
 )
@@ -323,7 +323,7 @@ def run_grading(
         "rhlv": classify(rhlv_features(table.original, table.synthesised), names),
         "baseline": None,
         "protocol": protocol,
-        "protocol_note": PROTOCOL_NOTES[protocol],
+        "protocol_note": GRADING_NOTES[protocol],
     }
     save_confusion_png(result["rhlv"], out_dir / "confusion_matrix.png", "RHLV (synthesis)")
     if table.neighbours is not None:

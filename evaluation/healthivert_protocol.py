@@ -47,6 +47,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from util.geometry import split_key, volume_path
+from util.metrics import SSIM_MIN_WIN_SIZE, ssim_win_size
 from util.nifti_io import load_nifti
 
 PROTOCOLS = ("ours", "healthivert")
@@ -57,6 +58,15 @@ PROTOCOL_NOTES = {
     "healthivert": "healthivert: the original's RHLV (column voxel counts, central 2/5 of the "
     "slices); scaler on train+test, 5 unshuffled folds of train+test, val scored per fold, "
     "fold-averaged macro scores",
+}
+#: The same for a grading of given features (``scripts/grade.py``): only the classifier
+#: protocol changes, the RHLV is the heights table's.
+GRADING_NOTES = {
+    "ours": "ours: out-of-fold stratified CV (shuffled, scaler inside each fold) over the "
+    "graded vertebrae; RHLV from the given heights",
+    "healthivert": "healthivert grading: scaler on train+test, 5 unshuffled folds of "
+    "train+test, val scored per fold, fold-averaged macro scores; RHLV from the given "
+    "heights (not the original's RHLV)",
 }
 #: The original's thresholds: columns kept above this fraction of the centre height; slices
 #: within centre +- extent / LENGTH_DIVISOR.
@@ -297,7 +307,8 @@ def synthesis_metrics_original(
     """The original's ``process_images`` for one vertebra: ``global_psnr, global_ssim,
     patch_psnr, patch_ssim`` (means over the central 4/5 slices holding more than
     ``MIN_SLICE_VOXELS`` label voxels; patch = the label's rows; data range = max - min of
-    the original; NaN values skipped; 0 when no slice counts) and :func:`
+    the original; NaN values skipped; 0 when no slice counts; an SSIM window under 7 only
+    where 7 rows do not fit, e.g. a 64 px phantom, where the original fails) and :func:`
     volume_overlap_original`. CT volumes in any intensity unit (the original uses uint8)."""
     ori = original_label == vid
     if not ori.any():
@@ -314,9 +325,12 @@ def synthesis_metrics_original(
         for name, crop in (("patch", slice(rows.min(), rows.max() + 1)), ("global", slice(None))):
             x, y = a[crop, :, k], b[crop, :, k]
             rng = x.max() - x.min()
+            if min(x.shape) < SSIM_MIN_WIN_SIZE:
+                continue  # too few rows for any SSIM window (small phantoms only)
+            win = ssim_win_size(*x.shape)  # 7 as the original's, smaller only where 7 cannot fit
             for metric, value in (
                 ("psnr", peak_signal_noise_ratio(x, y, data_range=rng)),
-                ("ssim", structural_similarity(x, y, data_range=rng)),
+                ("ssim", structural_similarity(x, y, data_range=rng, win_size=win)),
             ):
                 if not math.isnan(value):
                     scores[f"{name}_{metric}"].append(float(value))

@@ -69,6 +69,7 @@ from evaluation.grading import (
     save_confusion_png,
 )
 from evaluation.healthivert_protocol import (
+    PROTOCOL_NOTES,
     PROTOCOLS,
     grade_synthesis_healthivert,
 )
@@ -284,7 +285,7 @@ def grade_synthesis(
         result = grade_synthesis_healthivert(dataroot, synthesis, records, load_splits(dataroot))
     else:
         result = run_grading(table_from_records(records), out_dir, seed)
-        result.update(_oracles(records, out_dir, seed))
+        result.update(_oracles(records, out_dir, seed), protocol_note=PROTOCOL_NOTES["ours"])
     grades = [r["grade"] for r in records.values()]
     result.update(
         {
