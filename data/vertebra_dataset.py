@@ -6,11 +6,14 @@ Reads the CT, label and heatmap volumes and the split file of a data root (layou
 1. Slice choice: over the central 4/5 of the target's extent along axis 2 (L-R), slices ``k``
    with pyramid weights ``1 - |k - c| / (half + 1)`` (``c``, ``half``: centre and half width of
    that range), so centre slices are the most likely and the edges keep a small weight;
-   ``slice_ratio = |k - c| / half`` in [0, 1].
-2. A slice is *valid* when the target is present in it and its row extent ``h`` (at
-   ``img_size``) is below the band height ``h2``: a taller vertebra would not fit the band
-   (the A geometry would lose rows of it), so such slices are excluded. A vertebra with no
-   valid slice is dropped when the index is built (one warning lists them).
+   ``slice_ratio = |k - c| / half`` in [0, 1] (``--slice_weighting original``: the original's
+   weights and ratio, ``data.vertebra_geometry.original_slice_weights``).
+2. The target's label loses its 8-connected pieces under 50 px (at 256 px, scaled with the
+   area) in each slice, as the original does. A slice is *valid* when more than 50 px of the
+   target are left and its row extent ``h`` (at ``img_size``; ``--height_convention``) is
+   below the band height ``h2``: a taller vertebra would not fit the band (the A geometry
+   would lose rows of it), so such slices are excluded. A vertebra with no valid slice is
+   dropped when the index is built (one warning lists them).
 3. The slice is resized in-plane to ``img_size`` (CT, heatmap: bilinear with antialiasing;
    labels: nearest) before any geometry, then A and B geometry follow ``util/geometry.py``.
 
@@ -24,28 +27,35 @@ from __future__ import annotations
 import argparse
 import json
 import warnings
-import zlib
-from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from data.base_dataset import DATASETS, BaseDataset
 from data.vertebra_geometry import (
+    CAM_IN_BAND,
+    HEIGHT_CONVENTIONS,
     build_slice_sample,
     central_range,
+    drop_small_pieces,
+    original_slice_weights,
     pyramid_weights,
-    vertebra_rows,
+    vertebra_span,
 )
-from util.geometry import SPLIT_FILE, band_px, split_key, volume_path
-from util.nifti_io import NiftiError, load_nifti
+from data.volume_cache import VolumeCache, header_shape, volume_to_slices
+from util.geometry import (
+    MIN_PIECE_PX_AT_256,
+    SPLIT_FILE,
+    band_px,
+    scaled_area_px,
+    split_key,
+    volume_path,
+)
+from util.nifti_io import load_nifti
 
 VERT_CLASSES = ("normal", "abnormal", "all")
 SLICE_MODES = ("random", "all")
@@ -55,91 +65,18 @@ TRAIN_DEFAULTS = MappingProxyType({"vert_class": "normal", "slice_mode": "random
 EVAL_DEFAULTS = MappingProxyType({"vert_class": "all", "slice_mode": "all"})
 #: Default bound of the per-process volume cache (``--max_cache_mb``).
 DEFAULT_MAX_CACHE_MB = 1024.0
+SLICE_WEIGHTINGS = ("ours", "original")
+#: Image keys of a sample, each (1, S, S) float32.
+IMAGE_KEYS = ("A", "B", "mask", "vert_mask", "normal_vert", "normal_vert_context", "CAM")
+#: A vertebra counts as normal (trained on; a neighbour in ``normal_vert``) when its grade is
+#: 0..NORMAL_MAX_GRADE, as in the original (``grade <= 1``: Genant grade 1 is a mild deformity).
+NORMAL_MAX_GRADE = 1
 
 
-# ----------------------------------------------------------------------------- volumes
-def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
-    return np.minimum(((np.arange(n_out) + 0.5) * n_in / n_out).astype(np.int64), n_in - 1)
-
-
-def volume_to_slices(
-    data: np.ndarray, kind: str, img_size: int, path: str | Path = "<array>"
-) -> np.ndarray:
-    """Native ``(H, W, D)`` volume -> slice-major ``(D, S, S)`` contiguous array at ``S =
-    img_size``: ``kind`` ``"ct"`` (uint8 window 0..255) and ``"label"`` (ids 0..255) give
-    uint8, ``"cam"`` (floats in [0, 1]) float32. ``path`` only names the source in errors."""
-    if kind not in ("ct", "label", "cam"):
-        raise ValueError(f"kind must be 'ct', 'label' or 'cam', got {kind!r}")
-    if data.ndim != 3:
-        raise ValueError(f"{path} has shape {data.shape}, expected a 3-D volume (H, W, D)")
-    vol = np.moveaxis(data, 2, 0)
-    h, w = vol.shape[1:]
-    if kind == "label":
-        if np.issubdtype(vol.dtype, np.floating):
-            vol = np.rint(vol)
-        if vol.min() < 0 or vol.max() > 255:
-            raise ValueError(f"{path}: label ids must lie in 0..255")
-        vol = vol.astype(np.uint8)
-        if (h, w) != (img_size, img_size):
-            vol = vol[:, _nearest_index(h, img_size)][:, :, _nearest_index(w, img_size)]
-        return np.ascontiguousarray(vol)
-    same_size = (h, w) == (img_size, img_size)
-    if kind == "ct" and vol.dtype == np.uint8 and same_size:
-        return np.ascontiguousarray(vol)  # the common case: nothing to convert
-    if kind == "cam" and not np.issubdtype(vol.dtype, np.floating):
-        raise ValueError(f"{path}: a heatmap must be stored as floats in [0, 1], not {vol.dtype}")
-    hi = 255.0 if kind == "ct" else 1.0
-    if vol.dtype != np.uint8 and (vol.min() < -1e-4 or vol.max() > hi + 1e-4):
-        raise ValueError(f"{path}: values must lie in [0, {hi:g}] ({kind})")
-    if not same_size:
-        t = torch.from_numpy(np.ascontiguousarray(vol, dtype=np.float32))[:, None]
-        t = F.interpolate(
-            t, size=(img_size, img_size), mode="bilinear", align_corners=False, antialias=True
-        )
-        vol = t[:, 0].numpy()
-    if kind == "ct":
-        return np.ascontiguousarray(np.clip(np.rint(vol), 0, 255).astype(np.uint8))
-    return np.ascontiguousarray(np.clip(vol, 0.0, 1.0), dtype=np.float32)
-
-
-def _header_shape(path: Path) -> tuple[int, ...]:
-    if not path.is_file():
-        raise FileNotFoundError(f"NIfTI file not found: {path}")
-    try:
-        return tuple(nib.load(str(path)).shape)
-    except (OSError, EOFError, zlib.error, nib.filebasedimages.ImageFileError, ValueError) as exc:
-        raise NiftiError(f"cannot read NIfTI file {path}: {exc}") from exc
-
-
-class VolumeCache:
-    """LRU of loaded volumes keyed by path, bounded in bytes (the newest volume always stays);
-    ``loads`` counts file reads."""
-
-    def __init__(self, max_mb: float) -> None:
-        if max_mb <= 0:
-            raise ValueError(f"max_cache_mb must be > 0, got {max_mb}")
-        self.max_bytes = int(max_mb * 2**20)
-        self.loads = 0
-        self.nbytes = 0
-        self._data: OrderedDict[Path, np.ndarray] = OrderedDict()
-
-    def get(self, path: Path, load: Callable[[Path], np.ndarray]) -> np.ndarray:
-        if path in self._data:
-            self._data.move_to_end(path)
-            return self._data[path]
-        value = load(path)
-        self.loads += 1
-        self._data[path] = value
-        self.nbytes += value.nbytes
-        while self.nbytes > self.max_bytes and len(self._data) > 1:
-            self.nbytes -= self._data.popitem(last=False)[1].nbytes
-        return value
-
-    def empty_copy(self) -> VolumeCache:
-        return VolumeCache(self.max_bytes / 2**20)
-
-    def __len__(self) -> int:
-        return len(self._data)
+def is_normal(grade: int | None) -> bool:
+    """Whether a split grade counts as normal; ``None`` (not in the split) and -1 (unknown)
+    never do."""
+    return grade is not None and 0 <= grade <= NORMAL_MAX_GRADE
 
 
 @dataclass(frozen=True)
@@ -201,7 +138,8 @@ class VertebraDataset(BaseDataset):
             "--vert_class",
             choices=VERT_CLASSES,
             default=defaults["vert_class"],
-            help="vertebrae to use: grade 0, grade > 0, or all",
+            help=f"vertebrae to use: normal (grade 0..{NORMAL_MAX_GRADE}, as the original), "
+            "abnormal (a higher grade), or all",
         )
         parser.add_argument(
             "--slice_mode",
@@ -212,6 +150,33 @@ class VertebraDataset(BaseDataset):
         )
         parser.add_argument(
             "--no_cam", action="store_true", help="do not read heatmap/; the CAM input is all zeros"
+        )
+        parser.add_argument(
+            "--height_convention",
+            choices=HEIGHT_CONVENTIONS,
+            default="rows",
+            help="rows: a vertebra on rows x1..x2 is x2 - x1 + 1 tall; span: x2 - x1, its "
+            "last row left in the context (the original's)",
+        )
+        parser.add_argument(
+            "--cam_in_band",
+            choices=CAM_IN_BAND,
+            default="resized",
+            help="CAM in the band: the vertebra's CAM rows resized into it, or 0 (the original's)",
+        )
+        parser.add_argument(
+            "--band_fill",
+            type=float,
+            default=0.0,
+            help="value of the masked band of the input A, in [-1, 1] CT units (the "
+            "original's -1: uint8 0)",
+        )
+        parser.add_argument(
+            "--slice_weighting",
+            choices=SLICE_WEIGHTINGS,
+            default="ours",
+            help="slice sampling weights and slice_ratio: ours (ratio 0..1 over the central "
+            "range) or the original's (ratio normalised by the whole extent)",
         )
         parser.add_argument(
             "--max_cache_mb",
@@ -236,6 +201,10 @@ class VertebraDataset(BaseDataset):
             use_cam=not opt.no_cam,
             max_cache_mb=opt.max_cache_mb,
             max_dataset_size=None if limit is None or limit == float("inf") else int(limit),
+            height_convention=opt.height_convention,
+            cam_in_band=opt.cam_in_band,
+            slice_weighting=opt.slice_weighting,
+            band_fill=opt.band_fill,
         )
 
     def __init__(
@@ -250,11 +219,17 @@ class VertebraDataset(BaseDataset):
         use_cam: bool = True,
         max_cache_mb: float = DEFAULT_MAX_CACHE_MB,
         max_dataset_size: int | None = None,
+        height_convention: str = "rows",
+        cam_in_band: str = "resized",
+        slice_weighting: str = "ours",
+        band_fill: float = 0.0,
     ) -> None:
         """Index the vertebrae of split ``phase`` under ``dataroot`` (slices at ``img_size``
         px). ``seed`` seeds the random slice choice; ``use_cam=False`` skips ``heatmap/`` (an
         all-zero CAM); ``max_cache_mb`` bounds the volume cache; ``max_dataset_size`` keeps the
-        first items only (``None``: all)."""
+        first items only (``None``: all); ``height_convention``, ``cam_in_band`` and
+        ``slice_weighting``, ``band_fill``: ours or the original's (the flags of the same
+        names)."""
         self.root = Path(dataroot)
         self.phase = str(phase)
         self.img_size = int(img_size)
@@ -262,6 +237,19 @@ class VertebraDataset(BaseDataset):
         self.slice_mode = slice_mode
         self.seed = int(seed)
         self.use_cam = bool(use_cam)
+        self.height_convention = height_convention
+        self.cam_in_band = cam_in_band
+        self.slice_weighting = slice_weighting
+        self.band_fill = float(band_fill)
+        if not -1.0 <= self.band_fill <= 1.0:
+            raise ValueError(f"--band_fill must lie in [-1, 1], got {self.band_fill}")
+        for name, value, choices in (
+            ("height_convention", self.height_convention, HEIGHT_CONVENTIONS),
+            ("cam_in_band", self.cam_in_band, CAM_IN_BAND),
+            ("slice_weighting", self.slice_weighting, SLICE_WEIGHTINGS),
+        ):
+            if value not in choices:
+                raise ValueError(f"--{name} {value!r}: choose one of {choices}")
         if self.vert_class not in VERT_CLASSES:
             raise ValueError(f"--vert_class {self.vert_class!r}: choose one of {VERT_CLASSES}")
         if self.slice_mode not in SLICE_MODES:
@@ -310,7 +298,11 @@ class VertebraDataset(BaseDataset):
         grades: dict[str, int] = {}
         for name in [n for n in splits if n != self.phase] + [self.phase]:
             grades.update(splits.get(name, {}))
-        wanted = {"normal": lambda g: g == 0, "abnormal": lambda g: g > 0, "all": lambda g: True}
+        wanted = {
+            "normal": is_normal,
+            "abnormal": lambda g: g > NORMAL_MAX_GRADE,
+            "all": lambda g: True,
+        }
         keys = [k for k in splits.get(self.phase, {}) if wanted[self.vert_class](grades[k])]
         if not keys:
             raise ValueError(
@@ -328,26 +320,32 @@ class VertebraDataset(BaseDataset):
         """Check the files of ``key`` and scan its label for valid slices."""
         pid, vid = split_key(key)
         ct_path, label_path, cam_path = self._paths(key, healthy)
-        shape = _header_shape(label_path)
+        shape = header_shape(label_path)
         for path in (ct_path, cam_path):
-            if path is not None and _header_shape(path) != shape:
+            if path is not None and header_shape(path) != shape:
                 raise ValueError(
-                    f"{path} has shape {_header_shape(path)} but {label_path} has shape {shape}"
+                    f"{path} has shape {header_shape(path)} but {label_path} has shape {shape}"
                 )
         label = self._volume(label_path, "label", shape)  # (D, S, S)
         present = label == vid
-        rows_any = present.any(axis=2)  # (D, S): rows holding the target, per slice
-        in_slice = rows_any.any(axis=1)
-        if not in_slice.any():
+        zs = np.flatnonzero(present.any(axis=(1, 2)))
+        if zs.size == 0:
             raise ValueError(f"{label_path} does not contain vertebra id {vid} (from {key!r})")
-        zs = np.flatnonzero(in_slice)
         lo, hi = central_range(int(zs[0]), int(zs[-1]))
         size = self.img_size
+        min_px = scaled_area_px(MIN_PIECE_PX_AT_256, size)
+        target = drop_small_pieces(present, min_px)  # as build_slice_sample, every slice
+        rows_any = target.any(axis=2)  # (D, S): rows holding the target, per slice
         first = rows_any.argmax(axis=1)
         last = size - 1 - rows_any[:, ::-1].argmax(axis=1)
+        height = last - first + (self.height_convention == "rows")
         ks = np.arange(lo, hi + 1)
-        ok = in_slice[ks] & (last[ks] - first[ks] + 1 < band_px(size))
-        weights, ratios = pyramid_weights(lo, hi, ks)
+        ok = (target[ks].sum(axis=(1, 2)) > min_px) & (height[ks] >= 1)
+        ok &= height[ks] < band_px(size)
+        if self.slice_weighting == "original":
+            weights, ratios = original_slice_weights(int(zs[0]), int(zs[-1]), ks)
+        else:
+            weights, ratios = pyramid_weights(lo, hi, ks)
         valid = ks[ok]
         probs = weights[ok] / weights[ok].sum() if valid.size else weights[ok]
         ids = np.flatnonzero(np.bincount(label.ravel(), minlength=256)[1:]) + 1
@@ -377,16 +375,17 @@ class VertebraDataset(BaseDataset):
         return self.cache.get(path, load)
 
     def normal_ids(self, key: str, *, healthy: bool = False) -> list[int]:
-        """Label ids of the volume of ``key`` that count as normal in ``normal_vert``: grade 0
-        in the JSON or not listed (neighbours); the target only when its grade is 0, or
-        always with ``healthy=True`` (the healthy truth of a fractured vertebra)."""
+        """Label ids of the volume of ``key`` that count as normal in ``normal_vert``: those
+        whose grade in the JSON is normal (:func:`is_normal`; a vertebra that no split lists,
+        or with an unknown grade, is not), and the target always with ``healthy=True`` (the
+        healthy truth of a fractured vertebra)."""
         info = self._info(key, healthy)
         out = []
         for i in info.label_ids:
             if i == info.vid:
-                normal = healthy or info.grade == 0
+                normal = healthy or is_normal(info.grade)
             else:
-                normal = self.grades.get(f"{info.pid}_{i}", 0) in (0, -1)
+                normal = is_normal(self.grades.get(f"{info.pid}_{i}"))
             if normal:
                 out.append(i)
         return out
@@ -412,6 +411,15 @@ class VertebraDataset(BaseDataset):
         ``healthy_CT/``/``healthy_label/`` (phantom) instead of ``CT/``/``label/``."""
         return [int(k) for k in self._info(key, healthy).valid]
 
+    def slice_options(self) -> dict[str, Any]:
+        """The keyword options this dataset passes to ``build_slice_sample`` (for callers that
+        build samples from arrays, e.g. the iterative synthesis, so they match)."""
+        return {
+            "height_convention": self.height_convention,
+            "cam_in_band": self.cam_in_band,
+            "band_fill": self.band_fill,
+        }
+
     def has_healthy(self, key: str) -> bool:
         """Whether the root holds a healthy volume pair for ``key`` (phantom fractures)."""
         ct, label, _ = self._paths(key, healthy=True)
@@ -435,11 +443,9 @@ class VertebraDataset(BaseDataset):
         label = self._volume(label_path, "label", info.shape)[k]
         ct = self._volume(ct_path, "ct", info.shape)[k]
         cam = None if cam_path is None else self._volume(cam_path, "cam", info.shape)[k]
-        s = build_slice_sample(ct, label, cam, info.vid, self.normal_ids(key, healthy=healthy))
-        out: dict[str, Any] = {
-            name: torch.from_numpy(s[name][None])
-            for name in ("A", "B", "mask", "vert_mask", "normal_vert", "CAM")
-        }
+        normal = self.normal_ids(key, healthy=healthy)
+        s = build_slice_sample(ct, label, cam, info.vid, normal, **self.slice_options())
+        out: dict[str, Any] = {name: torch.from_numpy(s[name][None]) for name in IMAGE_KEYS}
         out["height"] = torch.tensor(s["height"], dtype=torch.float32)
         for name in ("x1", "x2", "h2"):
             out[name] = torch.tensor(s[name], dtype=torch.int64)
@@ -450,11 +456,14 @@ class VertebraDataset(BaseDataset):
         return out
 
     def vertebra_rows_in_slice(self, key: str, k: int, *, healthy: bool = False) -> tuple[int, int]:
-        """Rows ``(x1, x2)`` (inclusive, at ``img_size``) of the vertebra in the unshifted
-        slice ``k``: B geometry moves them by ``sample['x1'] - x1``."""
+        """Rows ``(x1, x2)`` (inclusive, at ``img_size``) that the sample of slice ``k`` cuts
+        out of the unshifted slice (``src_x1, src_x2`` of the sample): B geometry moves them by
+        ``sample['x1'] - x1``."""
         info = self._info(key, healthy)
         _, label_path, _ = self._paths(key, healthy)
-        rows = vertebra_rows(self._volume(label_path, "label", info.shape)[k], info.vid)
+        label = self._volume(label_path, "label", info.shape)[k]
+        min_px = scaled_area_px(MIN_PIECE_PX_AT_256, self.img_size)
+        rows = vertebra_span(drop_small_pieces(label == info.vid, min_px), self.height_convention)
         if rows is None:
             raise ValueError(f"vertebra {key!r} is absent from slice {k}")
         return rows

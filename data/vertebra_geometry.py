@@ -9,11 +9,21 @@ whole-vertebra synthesis.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from scipy import ndimage
 
-from util.geometry import band_px, band_rows, centred_rows
+from util.geometry import MIN_PIECE_PX_AT_256, band_px, band_rows, centred_rows, scaled_area_px
+
+#: ``rows``: a vertebra on rows ``x1..x2`` is ``x2 - x1 + 1`` rows tall (ours); ``span``: it is
+#: ``x2 - x1`` tall and its last row stays in the context below (the original's convention).
+HeightConvention = Literal["rows", "span"]
+HEIGHT_CONVENTIONS = ("rows", "span")
+#: What the CAM holds in the band: the vertebra's CAM rows resized to it (ours), or 0 (the
+#: original's, which only shifts the context rows).
+CamInBand = Literal["resized", "zero"]
+CAM_IN_BAND = ("resized", "zero")
 
 
 def vertebra_rows(label_slice: np.ndarray, vid: int) -> tuple[int, int] | None:
@@ -22,6 +32,48 @@ def vertebra_rows(label_slice: np.ndarray, vid: int) -> tuple[int, int] | None:
     if rows.size == 0:
         return None
     return int(rows[0]), int(rows[-1])
+
+
+def drop_small_pieces(mask: np.ndarray, min_px: float) -> np.ndarray:
+    """``mask`` without its 8-connected pieces of fewer than ``min_px`` pixels, as the
+    original does to the target's label before measuring it (stray voxels of a neighbour's
+    segmentation error would otherwise stretch the vertebra's row extent).
+
+    Args:
+        mask: (S, W) bool, or (D, S, W) bool: then each slice ``mask[d]`` on its own.
+        min_px: smallest piece kept, in pixels (``scaled_area_px(50, S)`` in the dataset).
+
+    Returns:
+        bool array of the same shape.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if min_px <= 1 or not mask.any():
+        return mask
+    structure = np.ones((3, 3), bool)
+    if mask.ndim == 3:
+        structure = np.pad(structure[None], ((1, 1), (0, 0), (0, 0)))  # no links across slices
+    pieces, _ = ndimage.label(mask, structure)
+    keep = np.bincount(pieces.ravel()) >= min_px
+    keep[0] = False
+    return keep[pieces]
+
+
+def vertebra_span(
+    target: np.ndarray, convention: HeightConvention = "rows"
+) -> tuple[int, int] | None:
+    """Rows ``(x1, x2)`` (inclusive) that a sample cuts out for a target mask ``(S, W)``.
+
+    ``rows``: first to last row of the mask. ``span`` (the original's ``height = x2 - x1``):
+    first to last-but-one, so the mask's last row stays in the context below. ``None`` when
+    nothing is left to cut.
+    """
+    if convention not in HEIGHT_CONVENTIONS:
+        raise ValueError(f"height convention: one of {HEIGHT_CONVENTIONS}, not {convention!r}")
+    rows = np.flatnonzero(np.asarray(target).any(axis=1))
+    if rows.size == 0:
+        return None
+    x1, x2 = int(rows[0]), int(rows[-1]) - (convention == "span")
+    return (x1, x2) if x2 >= x1 else None
 
 
 def close_context_index(x1: int, x2: int, img_size: int) -> np.ndarray:
@@ -118,6 +170,19 @@ def pyramid_weights(lo: int, hi: int, ks: np.ndarray) -> tuple[np.ndarray, np.nd
     return 1.0 - d / (half + 1.0), ratio
 
 
+def original_slice_weights(z0: int, z1: int, ks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The original's weights and ``slice_ratio`` of slices ``ks`` of a vertebra spanning
+    ``z0..z1`` (``get_weighted_random_slice`` of its dataset).
+
+    Over the central range ``lo..hi`` (:func:`central_range`) with integer centre ``c = (lo +
+    hi) // 2``: weight ``1 - |k - c| / (hi - lo)``, ratio ``2 |k - c| / (z1 - z0 + 1)`` (the
+    whole extent, so the edges of the central range get about 0.8, not 1).
+    """
+    lo, hi = central_range(z0, z1)
+    d = np.abs(np.asarray(ks, dtype=np.float64) - (lo + hi) // 2)
+    return 1.0 - d / max(hi - lo, 1), 2.0 * d / (z1 - z0 + 1)
+
+
 def _ct_to_unit(ct: np.ndarray) -> np.ndarray:
     out = ct.astype(np.float32)  # uint8 window -> [-1, 1], in place after one copy
     out /= np.float32(127.5)
@@ -131,45 +196,67 @@ def build_slice_sample(
     cam: np.ndarray | None,
     vid: int,
     normal_ids: Iterable[int],
+    *,
+    height_convention: HeightConvention = "rows",
+    cam_in_band: CamInBand = "resized",
+    band_fill: float = 0.0,
 ) -> dict[str, Any]:
     """The image part of one sample from one slice already at ``S = img_size``.
+
+    The target's label loses its pieces under ``MIN_PIECE_PX_AT_256`` (scaled to ``S``) first
+    (:func:`drop_small_pieces`); its rows follow ``height_convention`` (:func:`vertebra_span`).
 
     Args:
         ct: ``(S, S)`` uint8 CT window.
         label: ``(S, S)`` uint8 VerSe labels.
         cam: ``(S, S)`` float heatmap in [0, 1], or ``None`` for zeros.
         vid: label id of the target vertebra.
-        normal_ids: label ids that count as normal (grade 0) in ``normal_vert``.
+        normal_ids: label ids that count as normal in ``normal_vert``.
+        height_convention: ``rows`` (ours) or ``span`` (the original's).
+        cam_in_band: ``resized`` (ours) or ``zero`` (the original's).
+        band_fill: value of A's band in [-1, 1] CT units (ours 0; the original's -1, uint8 0).
 
-    Returns ``A, B, mask, vert_mask, normal_vert, CAM`` as ``(S, S)`` float32 and ``height``
-    (px), ``x1, x2`` (B geometry), ``h2``, ``src_x1, src_x2`` (rows in the input slice).
-    Raises ``ValueError`` when the vertebra is absent or not below the band height.
+    Returns ``A, B, mask, vert_mask, normal_vert, normal_vert_context, CAM`` as ``(S, S)``
+    float32 (``normal_vert_context``: the normal vertebrae in A geometry, band empty) and
+    ``height`` (px), ``x1, x2`` (B geometry, ``x2 - x1 + 1 = height``), ``h2``, ``src_x1,
+    src_x2`` (rows cut from the input slice). ``ValueError`` when the vertebra is absent or not
+    below the band height.
     """
     size = ct.shape[0]
-    rows = vertebra_rows(label, vid)
+    if cam_in_band not in CAM_IN_BAND:
+        raise ValueError(f"cam_in_band must be one of {CAM_IN_BAND}, got {cam_in_band!r}")
+    target = drop_small_pieces(label == vid, scaled_area_px(MIN_PIECE_PX_AT_256, size))
+    rows = vertebra_span(target, height_convention)
     if rows is None:
         raise ValueError(f"vertebra {vid} is absent from this slice")
     x1, x2 = rows
-    label_b = centre_vertebra(label, x1, x2, size)  # also rejects h >= h2
+    _check_rows(ct, x1, x2, size)  # rejects h >= h2
     # Gather uint8 rows first, convert after: cheaper than converting the whole slice.
     ia = close_context_index(x1, x2, size)
     a = _ct_to_unit(ct[np.maximum(ia, 0)])
-    a[ia < 0] = 0.0
+    a[ia < 0] = band_fill
     b0, b1 = band_rows(size)
     mask = np.zeros((size, size), np.float32)
     mask[b0:b1] = 1.0
     normal = np.zeros((size, size), bool)
     for i in normal_ids:  # a handful of ids per volume: faster than a lookup-table gather
-        normal |= label_b == i
+        normal |= label == i
+    if cam is None:
+        cam_a = np.zeros_like(mask)
+    elif cam_in_band == "zero":
+        cam_a = close_context(cam.astype(np.float32, copy=False), x1, x2, size)
+    else:
+        cam_a = cam_to_a_geometry(cam, x1, x2, size)
     h = x2 - x1 + 1
     c0, _ = centred_rows(h, size)
     return {
         "A": a,
         "B": _ct_to_unit(ct[centre_index(x1, x2, size)]),
         "mask": mask,
-        "vert_mask": (label_b == vid).astype(np.float32),
-        "normal_vert": normal.astype(np.float32),
-        "CAM": np.zeros_like(mask) if cam is None else cam_to_a_geometry(cam, x1, x2, size),
+        "vert_mask": centre_vertebra(target, x1, x2, size).astype(np.float32),
+        "normal_vert": centre_vertebra(normal, x1, x2, size).astype(np.float32),
+        "normal_vert_context": close_context(normal.astype(np.float32), x1, x2, size),
+        "CAM": cam_a,
         "height": float(h),
         "x1": c0,
         "x2": c0 + h - 1,

@@ -24,8 +24,16 @@ heights in mm:
   "posterior_mm": ..}, "synthesised": {...}, "neighbours": {...}}}`` (``neighbours`` optional).
 
 Output (:func:`run_grading`, ``--out DIR``): ``grading.json`` ({"rhlv": result, "baseline":
-result or null}, each result as returned by :func:`grade`), ``confusion_matrix.png`` and, with
-neighbour heights, ``confusion_matrix_baseline.png``.
+result or null, "protocol": ..., "protocol_note": ...}, each result as returned by
+:func:`grade`), ``confusion_matrix.png`` and, with neighbour heights,
+``confusion_matrix_baseline.png``.
+
+``protocol="healthivert"`` (``scripts/grade.py --protocol healthivert --splits FILE``) grades
+the same features the original HealthiVert-GAN's way
+(``evaluation.healthivert_protocol.grade_original_protocol``: scaler on train + test, 5
+unshuffled folds of train + test, val scored per fold, averaged; confusion matrices summed
+over the folds). The RHLV stays the one of the given heights: the original's RHLV needs label
+volumes (``scripts/grade_synthesis.py --protocol healthivert``).
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from __future__ import annotations
 import csv
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +54,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
+from evaluation.healthivert_protocol import (
+    GRADING_NOTES,
+    PROTOCOLS,
+    grade_ids_original_protocol,
+)
 from util.io import atomic_path, write_json_atomic
 
 THIRDS = ("anterior", "middle", "posterior")
@@ -282,26 +295,41 @@ def save_confusion_png(result: dict[str, Any], path: str | Path, title: str) -> 
     plt.close(fig)
 
 
-def run_grading(table: HeightsTable, out_dir: str | Path, seed: int = 0) -> dict[str, Any]:
-    """Grade with RHLV (and the neighbour baseline when available); write the outputs."""
+def run_grading(
+    table: HeightsTable,
+    out_dir: str | Path,
+    seed: int = 0,
+    *,
+    protocol: str = "ours",
+    splits: Mapping[str, Mapping[str, int]] | None = None,
+) -> dict[str, Any]:
+    """Grade with RHLV (and the neighbour baseline when available); write the outputs.
+    ``protocol="healthivert"`` needs ``splits`` (the split file, in its order)."""
     out_dir = Path(out_dir)
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if protocol == "healthivert" and splits is None:
+        raise ValueError("--protocol healthivert needs --splits (the vertebra_data.json)")
+
+    def classify(features: np.ndarray, names: list[str]) -> dict[str, Any]:
+        if protocol == "ours":
+            return grade(features, table.grades, seed, feature_names=names)
+        by_id = dict(zip(table.ids, features, strict=True))
+        grades = dict(zip(table.ids, table.grades.tolist(), strict=True))
+        return grade_ids_original_protocol(by_id, grades, splits, names)
+
     names = [f"rhlv_{t}" for t in THIRDS]
     result: dict[str, Any] = {
-        "rhlv": grade(
-            rhlv_features(table.original, table.synthesised),
-            table.grades,
-            seed,
-            feature_names=names,
-        ),
+        "rhlv": classify(rhlv_features(table.original, table.synthesised), names),
         "baseline": None,
+        "protocol": protocol,
+        "protocol_note": GRADING_NOTES[protocol],
     }
     save_confusion_png(result["rhlv"], out_dir / "confusion_matrix.png", "RHLV (synthesis)")
     if table.neighbours is not None:
-        result["baseline"] = grade(
+        result["baseline"] = classify(
             baseline_features(table.original, table.neighbours),
-            table.grades,
-            seed,
-            feature_names=[f"nb_loss_{t}" for t in THIRDS],
+            [f"nb_loss_{t}" for t in THIRDS],
         )
         save_confusion_png(
             result["baseline"],
@@ -313,13 +341,15 @@ def run_grading(table: HeightsTable, out_dir: str | Path, seed: int = 0) -> dict
 
 
 def summary_lines(result: dict[str, Any]) -> list[str]:
-    """One line per graded feature set of a :func:`run_grading` result: macro precision,
-    recall and F1, vertebrae and folds."""
-    lines = []
-    for key, res in result.items():
+    """The protocol, then one line per graded feature set of a :func:`run_grading` result:
+    macro precision, recall and F1, vertebrae scored and folds."""
+    lines = [f"protocol {result['protocol_note']}"]
+    for key in ("rhlv", "baseline"):
+        res = result.get(key)
         if res is not None:
             lines.append(
                 f"{key}: macro P {res['macro_precision']:.3f} R {res['macro_recall']:.3f} "
-                f"F1 {res['macro_f1']:.3f} (n={res['n']}, {res['folds']} folds)"
+                f"F1 {res['macro_f1']:.3f} (n={res.get('n', res.get('n_val'))}, "
+                f"{res['folds']} folds)"
             )
     return lines

@@ -193,7 +193,7 @@ def slice_samples(
     normal = dataset.normal_ids(key)
     for sample in samples:
         k = int(sample["slice_index"])
-        s = build_slice_sample(ct_s[k], label_s[k], None, vid, normal)
+        s = build_slice_sample(ct_s[k], label_s[k], None, vid, normal, **dataset.slice_options())
         for name in ("A", "B", "vert_mask", "normal_vert"):
             sample[name] = torch.from_numpy(s[name][None])
         sample["height"] = torch.tensor(s["height"], dtype=torch.float32)

@@ -33,6 +33,14 @@ or cannot be measured (e.g. the mask of an undertrained model fills the slice an
 volume's edge) counts against the synthesis: its ``H_syn`` is set to ``H_ori`` (RHLV 0, as if
 no height loss were found) and the vertebra is listed in ``grading.json["synthesis_failed"]``.
 
+``protocol="healthivert"`` (``scripts/grade_synthesis.py --protocol healthivert``) evaluates
+the synthesis the original HealthiVert-GAN's way instead (``evaluation/healthivert_protocol.py``):
+its RHLV from the synthesised and original label volumes, its grading (scaler on train + test,
+5 unshuffled folds of train + test, the val split scored by each fold, averaged; it uses every
+split, whatever ``phase``), the neighbour baseline graded the same way, and its 3-D synthesis
+metrics over the normal val vertebrae. ``grading.json`` says which protocol produced it
+(``protocol``, ``protocol_note``).
+
 Folds: 5-fold stratified CV needs at least 5 vertebrae of the rarest grade. A phantom test
 split of 6 patients holds about 2-4 per fractured grade, so the grading falls back to fewer
 folds there; ``--phase all_eval`` (val + test: every vertebra the model never trained on,
@@ -59,6 +67,11 @@ from evaluation.grading import (
     rhlv_features,
     run_grading,
     save_confusion_png,
+)
+from evaluation.healthivert_protocol import (
+    PROTOCOL_NOTES,
+    PROTOCOLS,
+    grade_synthesis_healthivert,
 )
 from util.geometry import PHASES, split_key, volume_path
 from util.heights import measure_heights
@@ -234,11 +247,17 @@ def grade_synthesis(
     phase: str = "all_eval",
     seed: int = 0,
     frame: str = "image",
+    protocol: str = "ours",
 ) -> dict[str, Any]:
     """Measure, write ``heights_table.json``, grade, write ``grading.json`` and the confusion
     PNGs; return the grading dict (``rhlv``, ``baseline``, oracles on a phantom root, and
-    ``phase``, ``n``, ``grades``, ``skipped``, ``synthesis_failed``, ``frame``)."""
+    ``phase``, ``n``, ``grades``, ``skipped``, ``synthesis_failed``, ``frame``, ``protocol``;
+    with ``protocol="healthivert"`` the original's results, module docstring)."""
     dataroot, synthesis, out_dir = Path(dataroot), Path(synthesis), Path(out_dir)
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
+    if protocol == "healthivert":
+        phase = "all"  # its folds use train + test and score val
     if not (synthesis / "label").is_dir():
         raise FileNotFoundError(f"no synthesised labels: {synthesis / 'label'} is not a folder")
     records, skipped = build_table(dataroot, synthesis, phase_grades(dataroot, phase), frame=frame)
@@ -262,8 +281,11 @@ def grade_synthesis(
             stacklevel=2,
         )
     write_json_atomic(out_dir / TABLE_FILE, records)
-    result = run_grading(table_from_records(records), out_dir, seed)
-    result.update(_oracles(records, out_dir, seed))
+    if protocol == "healthivert":
+        result = grade_synthesis_healthivert(dataroot, synthesis, records, load_splits(dataroot))
+    else:
+        result = run_grading(table_from_records(records), out_dir, seed)
+        result.update(_oracles(records, out_dir, seed), protocol_note=PROTOCOL_NOTES["ours"])
     grades = [r["grade"] for r in records.values()]
     result.update(
         {
@@ -286,9 +308,10 @@ def summary(result: Mapping[str, Any], out_dir: str | Path) -> str:
     """What ``scripts/grade_synthesis.py`` prints: the vertebrae graded, one line per
     classifier (macro precision, recall, F1, folds) and where the files are."""
     lines = [
+        f"protocol {result['protocol_note']}",
         f"{result['phase']}: {result['n']} vertebrae, grades {result['grades']}; "
         f"{len(result['skipped'])} left out, {len(result['synthesis_failed'])} synthesised "
-        "labels not measurable (RHLV 0)"
+        "labels not measurable (RHLV 0)",
     ]
     for key in ("rhlv", "baseline", "oracle_measured", "oracle_true"):
         res = result.get(key)
@@ -297,5 +320,12 @@ def summary(result: Mapping[str, Any], out_dir: str | Path) -> str:
                 f"{key:>16}: macro P {res['macro_precision']:.3f} R {res['macro_recall']:.3f} "
                 f"F1 {res['macro_f1']:.3f} ({res['folds']} folds)"
             )
+    metrics = result.get("synthesis_metrics")
+    if metrics and metrics["n"]:
+        lines.append(
+            f"synthesis (normal val, {metrics['n']} vertebrae, 3-D): Dice {metrics['dice']:.3f} "
+            f"IoU {metrics['iou']:.3f} RVD {metrics['rv_diff']:.3f} patch PSNR "
+            f"{metrics['patch_psnr']:.2f} SSIM {metrics['patch_ssim']:.3f}"
+        )
     lines.append(f"results in {out_dir} ({GRADING_FILE}, {TABLE_FILE}, confusion_matrix*.png)")
     return "\n".join(lines)

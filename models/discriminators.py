@@ -7,8 +7,10 @@ HealthiVert judges each generated slice three times (REFERENCE section 6):
   forward pass shows D a hard {0, 1} mask like the real ones (so it cannot tell fakes by
   their soft edges), the backward pass treats the threshold as the identity so the
   generator's segmentation head still receives the adversarial gradient;
-* ``D_3`` sees the central band of ``d3_band_px(img_size)`` rows of the CT (70 at 256 px),
-  where the vertebra is.
+* ``D_3`` sees the vertebral body: by default the central ``d3_band_px(img_size)`` rows of
+  the CT (70 at 256 px, a crop); with ``d3_region="band_columns"`` the original's region, the
+  CT times the synthesis band (40 rows at 256 px) times the ``d3_band_px`` central columns,
+  zero elsewhere, at full size.
 
 As in the original, the generator's adversarial loss is the *sum of the three divided by
 6* and each discriminator's loss is ``(fake + real) / 2``. Each D optionally also sees a
@@ -24,10 +26,35 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from util.geometry import centred_rows, d3_band_px
+from util.geometry import band_rows, centred_rows, d3_band_px
 
 GanMode = Literal["lsgan", "vanilla", "hinge"]
 NormType = Literal["batch", "instance", "none"]
+D3Region = Literal["rows", "band_columns"]
+D3_REGIONS = ("rows", "band_columns")
+SegRange = Literal["signed", "unit"]
+SEG_RANGES = ("signed", "unit")
+INIT_TYPES = ("default", "normal")
+
+
+def init_weights(net: nn.Module, init_type: str = "normal", gain: float = 0.02) -> nn.Module:
+    """pix2pix's ``normal`` init (the original's discriminators): conv and linear weights
+    N(0, gain), biases 0, BatchNorm scales N(1, gain) and shifts 0. ``default`` keeps
+    PyTorch's. Returns ``net``."""
+    if init_type not in INIT_TYPES:
+        raise ValueError(f"init_type must be one of {INIT_TYPES}, got {init_type!r}")
+    if init_type == "default":
+        return net
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.Conv2d | nn.Linear):
+                nn.init.normal_(m.weight, 0.0, gain)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.normal_(m.weight, 1.0, gain)
+                nn.init.zeros_(m.bias)
+    return net
 
 
 def _norm_layer(norm: NormType, channels: int) -> nn.Module:
@@ -163,14 +190,19 @@ def _layers_that_fit(size: int, n_layers: int) -> int:
 
 
 class HealthiVertDiscriminators(nn.Module):
-    """D_1 (full CT), D_2 (binarised segmentation), D_3 (central CT band).
+    """D_1 (full CT), D_2 (binarised segmentation), D_3 (vertebral-body region of the CT).
 
     Args:
-        img_size: ``S``; D_3 crops ``d3_band_px(S)`` rows centred on ``S // 2``.
+        img_size: ``S``.
         cond_nc: channels of an optional condition image concatenated to every D's input
-            (0 = unconditional). D_3 sees the same rows of it.
+            (0 = unconditional). D_3 sees the same region of it.
         ndf, n_layers, norm, use_spectral_norm: as :class:`NLayerDiscriminator`. D_3 uses
-            fewer layers when its band is too short for ``n_layers`` (e.g. 2 at 64 px).
+            fewer layers when its crop is too short for ``n_layers`` (e.g. 2 at 64 px).
+        d3_region: ``rows`` crops ``d3_band_px(S)`` rows centred on ``S // 2``;
+            ``band_columns`` keeps the band rows times ``d3_band_px(S)`` central columns,
+            zero elsewhere, at full size (the original's).
+        seg_range: D_2's input range: ``signed`` maps the binarised mask to {-1, 1} like
+            the CT, ``unit`` keeps {0, 1} (the original's).
     """
 
     def __init__(
@@ -182,11 +214,24 @@ class HealthiVertDiscriminators(nn.Module):
         n_layers: int = 3,
         norm: NormType = "batch",
         use_spectral_norm: bool = False,
+        d3_region: D3Region = "rows",
+        seg_range: SegRange = "signed",
     ) -> None:
         super().__init__()
+        if d3_region not in D3_REGIONS:
+            raise ValueError(f"d3_region must be one of {D3_REGIONS}, got {d3_region!r}")
+        if seg_range not in SEG_RANGES:
+            raise ValueError(f"seg_range must be one of {SEG_RANGES}, got {seg_range!r}")
         self.img_size = img_size
         self.cond_nc = cond_nc
+        self.d3_region = d3_region
+        self.seg_range = seg_range
         self.d3_rows = centred_rows(d3_band_px(img_size), img_size)
+        region = torch.zeros(img_size, img_size)
+        b0, b1 = band_rows(img_size)
+        region[b0:b1, self.d3_rows[0] : self.d3_rows[1]] = 1.0
+        self.register_buffer("d3_mask", region, persistent=False)
+        d3_size = d3_band_px(img_size) if d3_region == "rows" else img_size
         kw = dict(ndf=ndf, norm=norm, use_spectral_norm=use_spectral_norm)
         self.D_1 = NLayerDiscriminator(
             input_nc=1 + cond_nc, n_layers=_layers_that_fit(img_size, n_layers), **kw
@@ -195,13 +240,16 @@ class HealthiVertDiscriminators(nn.Module):
             input_nc=1 + cond_nc, n_layers=_layers_that_fit(img_size, n_layers), **kw
         )
         self.D_3 = NLayerDiscriminator(
-            input_nc=1 + cond_nc, n_layers=_layers_that_fit(d3_band_px(img_size), n_layers), **kw
+            input_nc=1 + cond_nc, n_layers=_layers_that_fit(d3_size, n_layers), **kw
         )
 
     def crop_band(self, x: Tensor) -> Tensor:
-        """(B, C, S, W) -> (B, C, d3_band_px(S), W): the rows D_3 sees."""
+        """What D_3 sees of (B, C, S, S): (B, C, d3_band_px(S), S) rows, or the full-size
+        image zero outside the band rows x central columns (``d3_region``)."""
         if x.shape[-2] != self.img_size:
             raise ValueError(f"expected {self.img_size} rows (img_size), got {x.shape[-2]}")
+        if self.d3_region == "band_columns":
+            return x * self.d3_mask.to(x.dtype)
         return x[..., self.d3_rows[0] : self.d3_rows[1], :]
 
     def _with_cond(self, x: Tensor, cond: Tensor | None) -> Tensor:
@@ -219,7 +267,9 @@ class HealthiVertDiscriminators(nn.Module):
             seg: (B, 1, S, S) segmentation in [0, 1]; binarised here (straight-through).
             cond: (B, cond_nc, S, S) condition image, or None when ``cond_nc == 0``.
         """
-        seg_hard = straight_through_binarise(seg) * 2.0 - 1.0  # same [-1, 1] range as the CT
+        seg_hard = straight_through_binarise(seg)
+        if self.seg_range == "signed":
+            seg_hard = seg_hard * 2.0 - 1.0  # same [-1, 1] range as the CT
         return (
             self.D_1(self._with_cond(ct, cond)),
             self.D_2(self._with_cond(seg_hard, cond)),

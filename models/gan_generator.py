@@ -4,7 +4,8 @@ Layout (``ngf = 16``, about 1.0 M parameters, as the original):
 
 * **CoarseGenerator**: input ``[masked CT, band mask, slice_ratio plane]``; a strided
   encoder to ``S/4``, atrous convs (dilation 2, 4, 8, 16), a decoder back to ``S`` with the
-  inverted CAM injected at ``S/2`` and ``S`` (HGAM, :class:`CamModulation`); a height head
+  inverted CAM injected at ``S/2`` and ``S`` (HGAM, :class:`CamModulation`, or
+  :class:`CamConcat` as the original with ``--cam_injection concat``); a height head
   (global pool -> FC -> sigmoid) on the bottleneck and a segmentation head (sigmoid).
 * **FineGenerator**: input ``[stage-1 result composed into the context, mask, ratio]``; a
   conv branch (encoder + atrous) and a contextual-attention branch (encoder + :func:`
@@ -92,6 +93,25 @@ class CamModulation(nn.Module):
         return feat * (1.0 + scale) + shift
 
 
+class CamConcat(nn.Module):
+    """HGAM as the original injects it: the inverted CAM (resized by nearest sampling) is
+    concatenated to the features as one more channel and an :class:`EluConv` maps them back
+    to ``channels``."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = EluConv(channels + 1, channels)
+
+    def forward(self, feat: Tensor, cam: Tensor) -> Tensor:
+        step = cam.shape[-1] // feat.shape[-1]
+        return self.conv(torch.cat([feat, cam[..., ::step, ::step].to(feat.dtype)], dim=1))
+
+
+#: HGAM injection of the CAM into the coarse decoder: ``modulation`` (ours) or ``concat`` (the
+#: original's extra input channel).
+CAM_INJECTIONS = {"modulation": CamModulation, "concat": CamConcat}
+
+
 class GanHeightHead(nn.Module):
     """Global average pool -> FC -> sigmoid: (B, C, h, w) -> (B, 1) height in [0, 1] of h2."""
 
@@ -126,15 +146,16 @@ class _Decoder(nn.Module):
     Returns ``(bottleneck features, image logits, seg logits)``.
     """
 
-    def __init__(self, cin: int, ngf: int, with_cam: bool) -> None:
+    def __init__(self, cin: int, ngf: int, cam_injection: str | None) -> None:
         super().__init__()
         self.s4 = nn.Sequential(EluConv(cin, 4 * ngf), EluConv(4 * ngf, 4 * ngf))
         self.up2 = UpConv(4 * ngf, 2 * ngf)
         self.s2 = EluConv(2 * ngf, 2 * ngf)
         self.up1 = UpConv(2 * ngf, ngf)
         self.head = EluConv(ngf, 2, act=False)  # image and segmentation logits
-        self.cam2 = CamModulation(2 * ngf) if with_cam else None
-        self.cam1 = CamModulation(ngf) if with_cam else None
+        inject = None if cam_injection is None else CAM_INJECTIONS[cam_injection]
+        self.cam2 = inject(2 * ngf) if inject else None
+        self.cam1 = inject(ngf) if inject else None
 
     def forward(self, x: Tensor, cam: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         bottleneck = self.s4(x)
@@ -151,10 +172,10 @@ class _Decoder(nn.Module):
 class CoarseGenerator(nn.Module):
     """Stage 1. ``forward(x, cam) -> (image logits, seg logits, height)`` at full size."""
 
-    def __init__(self, in_nc: int, ngf: int) -> None:
+    def __init__(self, in_nc: int, ngf: int, cam_injection: str = "modulation") -> None:
         super().__init__()
         self.body = nn.Sequential(*_encoder(in_nc, ngf), *_atrous(ngf))
-        self.decoder = _Decoder(4 * ngf, ngf, with_cam=True)
+        self.decoder = _Decoder(4 * ngf, ngf, cam_injection)
         self.height = GanHeightHead(4 * ngf)
 
     def forward(self, x: Tensor, cam: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -162,32 +183,81 @@ class CoarseGenerator(nn.Module):
         return img, seg, self.height(bottleneck)
 
 
-def _patches(x: Tensor, k: int, stride: int, pad: int) -> Tensor:
-    """(B, C, H, W) -> (B, L, C*k*k) patches, row-major over the L positions."""
-    return F.unfold(x, k, padding=pad, stride=stride).transpose(1, 2)
+def _fuse(score: Tensor, hs: int, ws: int, fuse_k: int) -> Tensor:
+    """DeepFill's score fusion: ``score`` (B, Lk, Lq) over keys and queries of an
+    ``hs`` x ``ws`` grid (``Lk = hs * ws``; queries may be a band of whole rows) is summed along
+    the diagonals of a ``fuse_k`` x ``fuse_k`` identity kernel, first with positions flattened
+    row-major, then column-major, so that a match scores high when its neighbours match too."""
+    b, lk, lq = score.shape
+    qh = lq // ws
+    eye = torch.eye(fuse_k, dtype=score.dtype, device=score.device)[None, None]
+    pad = fuse_k // 2
+    y = F.conv2d(score[:, None], eye, padding=pad)  # row-major diagonals
+    y = y.reshape(b, hs, ws, qh, ws).permute(0, 2, 1, 4, 3).reshape(b, 1, lk, lq)
+    y = F.conv2d(y, eye, padding=pad)  # column-major diagonals
+    return y.reshape(b, ws, hs, ws, qh).permute(0, 2, 1, 4, 3).reshape(b, lk, lq)
+
+
+def _paste(columns: Tensor, qa: int, qb: int, rate: int, h: int, w: int) -> Tensor:
+    """Fold the pasted ``2 rate`` x ``2 rate`` patches of the query rows ``[qa, qb)`` (columns
+    (B, C (2r)^2, Nq)) into a (B, C, h, w) map, divided by 4 as the original (zero where no
+    query pastes). Query ``qy`` pastes feature rows ``qy r - r/2 + [0, 2r)``."""
+    half = rate // 2
+    top, out_rows = qa * rate - half, (qb - qa + 1) * rate
+    pasted = F.fold(columns, (out_rows, w), kernel_size=2 * rate, stride=rate, padding=(0, half))
+    recon = columns.new_zeros(columns.shape[0], pasted.shape[1], h, w)
+    lo, hi = max(0, top), min(h, top + out_rows)
+    recon[:, :, lo:hi] = pasted[:, :, lo - top : hi - top] / 4.0
+    return recon
+
+
+def _offsets(
+    best: Tensor, qa: int, qb: int, grid: tuple[int, int], size: tuple[int, int]
+) -> Tensor:
+    """(B, 2, H, W) offsets (dy, dx) in image pixels from each query of rows ``[qa, qb)`` of
+    the ``grid`` (hs, ws) to its best key (``best``: (B, Nq) key indices), nearest-upsampled to
+    ``size`` (H, W); zero on the other rows."""
+    (hs, ws), (big_h, big_w) = grid, size
+    n_rows = qb - qa
+    qy = torch.arange(qa, qb, device=best.device).repeat_interleave(ws)
+    qx = torch.arange(ws, device=best.device).repeat(n_rows)
+    dy = (torch.div(best, ws, rounding_mode="floor") - qy).float() * (big_h / hs)
+    dx = (best % ws - qx).float() * (big_w / ws)
+    flow_s = torch.zeros(best.shape[0], 2, hs, ws, device=best.device)
+    flow_s[:, :, qa:qb] = torch.stack([dy, dx], 1).reshape(-1, 2, n_rows, ws)
+    return F.interpolate(flow_s, size=size, mode="nearest")
 
 
 def contextual_attention(
-    feat: Tensor, mask: Tensor, *, rate: int = 2, ksize: int = 3, softmax_scale: float = 10.0
+    feat: Tensor,
+    mask: Tensor,
+    *,
+    rate: int = 2,
+    ksize: int = 3,
+    fuse_k: int = 3,
+    softmax_scale: float = 10.0,
 ) -> tuple[Tensor, Tensor]:
-    """DeepFill's contextual attention, batched (no per-sample loop).
+    """Contextual attention as HealthiVert-GAN (DeepFill v1) computes it, batched, each sample
+    with its own mask (the original uses sample 0's mask for the whole batch).
 
-    1. Downsample ``feat`` by ``rate`` (nearest) for matching; a patch is background
-       (attendable) when no pixel of it, at full resolution, lies in the hole.
-    2. Queries are the downsampled positions that touch the hole; to save work only the
-       batch's hole rows are computed (one bounding slice, the same for all samples).
-    3. Score = cosine similarity of ``ksize`` x ``ksize`` query and background patches
-       (one ``bmm``); non-background patches are excluded; softmax with ``softmax_scale``.
-    4. Each query pastes the attention-weighted ``2*rate`` x ``2*rate`` raw patches at
-       stride ``rate`` (``fold``); overlaps are averaged by the number of queries covering a
-       pixel. Hole pixels take the result; all other pixels keep ``feat``.
-    5. The argmax background patch of each query gives the offset (dy, dx) in pixels of
-       the full-resolution image.
+    1. Matching at ``1 / rate``: ``small = feat[..., ::rate, ::rate]``. The mask is sampled
+       (nearest, the top-left pixel of each block) onto that grid; a key patch (``ksize`` x
+       ``ksize``) is background when none of its pixels is masked.
+    2. Score of query q and key l = <query patch, key patch / max(|key patch|, 1e-4)>: only
+       the keys are normalised, so a textured query matches more sharply.
+    3. Fusion (:func:`_fuse`) of the scores along ``fuse_k`` diagonals, twice.
+    4. Softmax over the keys of ``scores * valid * softmax_scale``, times ``valid`` again (as
+       the original: the masked keys take part in the normalisation with score 0).
+    5. Each query pastes the attention-weighted ``2 rate`` x ``2 rate`` raw patches of ``feat``
+       at stride ``rate`` (a transposed convolution, ``fold``), divided by 4.
+    6. Feature pixels whose block touches the hole take the result, all others keep ``feat``
+       (the original replaces every pixel); for speed only the query rows that paste onto
+       hole rows are computed (with two rows of margin, exact for the fusion).
+    7. The argmax key of each query gives the offset (dy, dx) in image pixels.
 
     Args:
-        feat: (B, C, h, w) features at ``1 / f`` of the image, ``h`` divisible by ``rate``.
-        mask: (B, 1, H, W) band mask in {0, 1} at image resolution (``H = f * h``).
-        rate: matching stride. ksize: matching patch size. softmax_scale: inverse temperature.
+        feat: (B, C, h, w) features at ``1 / f`` of the image, ``h, w`` divisible by ``rate``.
+        mask: (B, 1, H, W) band mask in {0, 1} at image resolution, ``H = f h``, ``W = f w``.
 
     Returns:
         ``(out, offset)``: (B, C, h, w) in ``feat``'s dtype; (B, 2, H, W) float offsets
@@ -201,53 +271,37 @@ def contextual_attention(
             f"rate={rate} and a mask ({big_h}x{big_w}) a whole multiple of the features"
         )
     with torch.autocast(device_type=feat.device.type, enabled=False):
-        x = feat.float()
-        m = mask.float()
+        x, m = feat.float(), mask.float()
         hs, ws = h // rate, w // rate
-        # Step 1: hole occupancy at the feature and matching resolutions.
-        hole_f = F.adaptive_max_pool2d(m, (h, w))
-        hole_s = F.adaptive_max_pool2d(m, (hs, ws))
-        small = x[:, :, ::rate, ::rate]
         pad = ksize // 2
-        bg_valid = F.max_pool2d(hole_s, ksize, 1, pad).flatten(1) == 0  # (B, L)
-        # Step 2: the rows of the batch that hold queries.
-        rows = torch.nonzero(hole_s.amax(dim=(0, 1, 3)) > 0).flatten()
-        if rows.numel() == 0:
+        # Step 1: background keys, from the mask sampled on the matching grid.
+        m_small = m[:, :, :: big_h // hs, :: big_w // ws]
+        valid = (F.max_pool2d(m_small, ksize, 1, pad).flatten(1) == 0).float()  # (B, L)
+        hole_f = F.adaptive_max_pool2d(m, (h, w))
+        rows_f = torch.nonzero(hole_f.amax(dim=(0, 1, 3)) > 0).flatten()
+        if rows_f.numel() == 0:
             return feat, feat.new_zeros(b, 2, big_h, big_w, dtype=torch.float32)
-        r0, r1 = int(rows[0]), int(rows[-1]) + 1
-        q_small = F.pad(small, (pad, pad, pad, pad))[:, :, r0 : r1 + 2 * pad]
-        query = F.normalize(_patches(q_small, ksize, 1, 0), dim=2)  # (B, N, C*k*k)
-        key = F.normalize(_patches(small, ksize, 1, pad), dim=2)  # (B, L, C*k*k)
-        # Step 3: cosine similarity, masked softmax over the background.
-        score = torch.bmm(query, key.transpose(1, 2)) * softmax_scale  # (B, N, L)
-        score = score.masked_fill(~bg_valid[:, None, :], torch.finfo(score.dtype).min)
-        attn = torch.softmax(score, dim=2) * bg_valid[:, None, :]  # all-hole -> zeros
-        q_on = hole_s[:, :, r0:r1].flatten(1)  # (B, N) queries of this sample
-        # Step 4: paste raw patches (2*rate wide, stride rate) and average the overlaps.
-        raw = _patches(x, 2 * rate, rate, rate // 2)  # (B, L, C*(2r)^2)
-        pasted = torch.bmm(attn * q_on[:, :, None], raw)  # (B, N, C*(2r)^2)
-        n_rows = r1 - r0
-        fold = dict(kernel_size=2 * rate, stride=rate, padding=rate // 2)
-        out_size = (n_rows * rate, w)
-        summed = F.fold(pasted.transpose(1, 2), out_size, **fold)
-        count = F.fold(q_on[:, None, :].expand(b, (2 * rate) ** 2, -1), out_size, **fold)
-        recon = summed / count.clamp_min(1.0)
-        y0, y1 = r0 * rate, r1 * rate
-        hole_rows = hole_f[:, :, y0:y1]
-        out = x.clone()
-        out[:, :, y0:y1] = recon * hole_rows + x[:, :, y0:y1] * (1.0 - hole_rows)
-        # Step 5: argmax offsets at the matching grid, scaled to image pixels.
-        best = attn.argmax(dim=2)  # (B, N)
-        q_on = q_on * bg_valid.any(dim=1, keepdim=True)  # no background: no offset
-        qy = torch.arange(r0, r1, device=x.device).repeat_interleave(ws)
-        qx = torch.arange(ws, device=x.device).repeat(n_rows)
-        dy = (torch.div(best, ws, rounding_mode="floor") - qy).float() * (big_h / hs)
-        dx = (best % ws - qx).float() * (big_w / ws)
-        flow_s = torch.zeros(b, 2, hs, ws, device=x.device)
-        flow_s[:, :, r0:r1] = torch.stack([dy, dx], 1).reshape(b, 2, n_rows, ws) * q_on.reshape(
-            b, 1, n_rows, ws
-        )
-        flow = F.interpolate(flow_s, size=(big_h, big_w), mode="nearest") * m
+        # Query rows pasting onto feature rows [y0, y1), plus two rows for the fusion.
+        y0, y1 = int(rows_f[0]), int(rows_f[-1]) + 1
+        half = rate // 2  # padding of the raw patches: query qy pastes rows qy r - half + [0, 2r)
+        qa, qb = max(0, (y0 + half + rate) // rate - 2), min(hs, (y1 - 1 + half) // rate + 1)
+        ca, cb = (qa - 2, qb + 2) if qa >= 2 and qb <= hs - 2 else (0, hs)
+        small = x[:, :, ::rate, ::rate]
+        keys = F.unfold(small, ksize, padding=pad)  # (B, C k k, L)
+        keys = keys / keys.norm(dim=1, keepdim=True).clamp_min(1e-4)
+        query = F.unfold(F.pad(small, (pad,) * 4)[:, :, ca : cb + 2 * pad], ksize)
+        # Steps 2-4: scores (B, L, Nq), fusion, masked softmax over the keys.
+        score = _fuse(torch.bmm(keys.transpose(1, 2), query), hs, ws, fuse_k)
+        score = score[:, :, (qa - ca) * ws : (qb - ca) * ws]
+        attn = torch.softmax(score * valid[:, :, None] * softmax_scale, dim=1)
+        attn = attn * valid[:, :, None]
+        # Step 5: paste raw patches (the transposed convolution of the original).
+        raw = F.unfold(x, 2 * rate, padding=half, stride=rate)  # (B, C (2r)^2, L)
+        recon = _paste(torch.bmm(raw, attn), qa, qb, rate, h, w)
+        out = recon * hole_f + x * (1.0 - hole_f)
+        # Step 7: argmax offsets at the matching grid, scaled to image pixels.
+        has_bg = valid.amax(dim=1).reshape(b, 1, 1, 1)
+        flow = _offsets(attn.argmax(dim=1), qa, qb, (hs, ws), (big_h, big_w)) * has_bg * m
     return out.to(feat.dtype), flow
 
 
@@ -259,7 +313,7 @@ class FineGenerator(nn.Module):
         self.conv_branch = nn.Sequential(*_encoder(in_nc, ngf), *_atrous(ngf))
         self.attn_encoder = nn.Sequential(*_encoder(in_nc, ngf))
         self.attn_decoder = nn.Sequential(EluConv(4 * ngf, 4 * ngf), EluConv(4 * ngf, 4 * ngf))
-        self.decoder = _Decoder(8 * ngf, ngf, with_cam=False)
+        self.decoder = _Decoder(8 * ngf, ngf, None)
         self.height = GanHeightHead(4 * ngf)
 
     def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -276,16 +330,21 @@ class GanNetwork(nn.Module):
         ngf: base width (16 in the original).
         img_size: ``S``, a multiple of 16 (the encoder downsamples by 4 and the attention
             matches at ``S/8``).
+        cam_injection: HGAM in the coarse decoder, a key of :data:`CAM_INJECTIONS`.
     """
 
-    def __init__(self, *, ngf: int = 16, img_size: int = 256) -> None:
+    def __init__(
+        self, *, ngf: int = 16, img_size: int = 256, cam_injection: str = "modulation"
+    ) -> None:
         super().__init__()
         if ngf < 1:
             raise ValueError(f"--ngf must be a positive width, got {ngf}")
         if img_size < 16 or img_size % 16:
             raise ValueError(f"--img_size must be a multiple of 16, got {img_size}")
+        if cam_injection not in CAM_INJECTIONS:
+            raise ValueError(f"cam_injection must be one of {list(CAM_INJECTIONS)}")
         self.img_size = img_size
-        self.coarse = CoarseGenerator(3, ngf)
+        self.coarse = CoarseGenerator(3, ngf, cam_injection)
         self.fine = FineGenerator(3, ngf)
 
     def forward(self, inp: GeneratorInput) -> GeneratorOutput:
@@ -324,9 +383,11 @@ def _logit(p: float) -> float:
 class GanGenerator(Generator):
     """HealthiVert-GAN's generator behind the :class:`Generator` interface."""
 
-    def __init__(self, *, ngf: int = 16, img_size: int = 256) -> None:
+    def __init__(
+        self, *, ngf: int = 16, img_size: int = 256, cam_injection: str = "modulation"
+    ) -> None:
         super().__init__()
-        self.net = GanNetwork(ngf=ngf, img_size=img_size)
+        self.net = GanNetwork(ngf=ngf, img_size=img_size, cam_injection=cam_injection)
         # Prior-probability init of the segmentation logits (Lin et al. 2017): starting at 0.5
         # everywhere, the Dice gradient on the background is ~1e-5 per pixel and the fine
         # Dice loss stayed at 0.97 for 150 steps; starting at the prior it fell to 0.60.
@@ -341,11 +402,22 @@ class GanGenerator(Generator):
         parser.add_argument(
             "--ngf", type=int, default=16, help="base width of the GAN generator (original 16)"
         )
+        parser.add_argument(
+            "--cam_injection",
+            default="modulation",
+            choices=list(CAM_INJECTIONS),
+            help="HGAM in the coarse decoder: a zero-initialised scale-shift of the features "
+            "by the CAM, or the CAM as an extra input channel of a conv (the original's)",
+        )
         return parser
 
     @classmethod
     def from_opt(cls, opt: argparse.Namespace) -> GanGenerator:
-        return cls(ngf=int(opt.ngf), img_size=int(opt.img_size))
+        return cls(
+            ngf=int(opt.ngf),
+            img_size=int(opt.img_size),
+            cam_injection=getattr(opt, "cam_injection", "modulation"),
+        )
 
     def training_forward(self, inp: GeneratorInput, target: Tensor) -> TrainingOutput:
         """One pass with gradients; ``target`` is unused (the losses live in the model)."""

@@ -172,6 +172,19 @@ def sobel_edge_loss(pred: Tensor, target: Tensor, *, reduction: Reduction = "mea
     return _reduce(diff.pow(2).flatten(1).mean(1), reduction)
 
 
+def hard_sobel_edge_loss(pred: Tensor, target: Tensor, *, reduction: Reduction = "mean") -> Tensor:
+    """The original's EEM edge loss, for exact reproduction: ``pred`` thresholded at 0.5,
+    Sobel magnitudes (no epsilon) clipped at 1, MSE to the target's. The threshold has no
+    gradient, so this term never trains the generator (the original's bug).
+
+    Shapes as :func:`sobel_edge_loss`.
+    """
+    _check_same_shape(pred, target, "pred and target")
+    hard = (pred.detach() > 0.5).to(pred.dtype)
+    edges = [sobel_edges(x, eps=0.0).clamp(max=1.0) for x in (hard, target.to(pred.dtype))]
+    return _reduce((edges[0] - edges[1]).pow(2).flatten(1).mean(1), reduction)
+
+
 def relative_height_loss(
     pred_h: Tensor, target_h: Tensor, *, reduction: Reduction = "mean"
 ) -> Tensor:

@@ -16,7 +16,7 @@ import argparse
 import contextlib
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -24,25 +24,108 @@ from torch.optim.swa_utils import AveragedModel
 
 from models.base_model import MODELS, BaseModel, OptionSetter
 from models.discriminators import (
+    D3_REGIONS,
+    INIT_TYPES,
+    SEG_RANGES,
     GANLoss,
     HealthiVertDiscriminators,
     discriminator_losses,
     generator_gan_loss,
+    init_weights,
 )
 from models.generator_base import Generator, GeneratorInput, GeneratorOutput, find_generator
 from models.losses import (
     LossWeights,
     add_loss_options,
     dice_loss,
+    hard_sobel_edge_loss,
     relative_height_loss,
     sobel_edge_loss,
     two_stage_l1_loss,
 )
-from models.shrm import shrm_outputs
+from models.shrm import restored_height_rows, shrm_compose_on_truth, shrm_outputs
 from util.geometry import band_px
+
+
+class LossViews(NamedTuple):
+    """What the losses and discriminators see: the two stages' CT after SHRM, (B, 1, S, S) in
+    [-1, 1], and the fine segmentation, (B, 1, S, S) in [0, 1]."""
+
+    ct1: Tensor
+    ct2: Tensor
+    fine_seg: Tensor
+
 
 #: Visuals with values in [0, 1]; the others (CT) are in [-1, 1].
 UNIT_RANGE_VISUALS = frozenset({"mask", "fine_seg", "vert_mask", "cam"})
+
+
+def add_training_choice_options(parser: argparse.ArgumentParser) -> None:
+    """The training choices where we differ from the original HealthiVert-GAN, each with the
+    original's value as a choice (``--preset healthivert`` selects them all; see the
+    differences table in docs/ARCHITECTURE.md)."""
+    g = parser.add_argument_group("training choices (original's values: --preset healthivert)")
+    g.add_argument(
+        "--init_type",
+        default="default",
+        choices=INIT_TYPES,
+        help="discriminator init: PyTorch's, or normal = N(0, --init_gain) (the original's)",
+    )
+    g.add_argument("--init_gain", type=float, default=0.02, help="std of --init_type normal")
+    g.add_argument(
+        "--d3_region",
+        default="rows",
+        choices=D3_REGIONS,
+        help="what D_3 sees: the central 70 rows (at 256 px), or the band rows x the "
+        "central 70 columns, zero elsewhere (the original's)",
+    )
+    g.add_argument(
+        "--d2_seg_range",
+        default="signed",
+        choices=SEG_RANGES,
+        help="D_2's binarised segmentation in {-1, 1} like the CT, or {0, 1} (the original's)",
+    )
+    g.add_argument(
+        "--shrm_context",
+        default="input",
+        choices=["input", "truth"],
+        help="context of the SHRM composition the losses and discriminators see: the input "
+        "(as at inference), or the ground truth, on the measured vertebra (the original's)",
+    )
+    g.add_argument(
+        "--seg_losses",
+        default="composed",
+        choices=["composed", "raw"],
+        help="segmentation for the fine Dice, edge loss and D_2: SHRM-composed, or the "
+        "generator's raw output (the original's)",
+    )
+    g.add_argument(
+        "--coarse_dice_target",
+        default="normal_vert",
+        choices=["normal_vert", "neighbours"],
+        help="coarse Dice: composed coarse seg vs the normal vertebrae (B geometry, target "
+        "included when normal), or raw coarse seg vs the normal vertebrae of the context "
+        "(A geometry, band empty: the original's)",
+    )
+    g.add_argument(
+        "--dice_smooth",
+        type=float,
+        default=1.0,
+        help="Dice smoothing added to numerator and denominator (the original's 1e-5)",
+    )
+    g.add_argument(
+        "--l1_batch_norm",
+        action="store_true",
+        help="exact reproduction of an original bug: the masked L1 divided by the band "
+        "pixels of the whole batch, so its weight falls as 1 / batch size",
+    )
+    g.add_argument(
+        "--edge_loss",
+        default="soft",
+        choices=["soft", "original"],
+        help="EEM edge loss on the soft segmentation, or the original's on the thresholded "
+        "one (exact reproduction of an original bug: it never trains the generator)",
+    )
 
 
 @dataclass(frozen=True)
@@ -128,6 +211,7 @@ class Pix2PixModel(BaseModel):
                 default=None,
                 help="discriminator learning rate (default: --lr)",
             )
+            add_training_choice_options(parser)
             add_loss_options(parser)
         return parser
 
@@ -169,8 +253,13 @@ class Pix2PixModel(BaseModel):
                 + ["D_1", "D_2", "D_3"]
             )
             self.netD = HealthiVertDiscriminators(
-                img_size=opt.img_size, ndf=opt.ndf, n_layers=opt.n_layers_D
-            ).to(self.device)
+                img_size=opt.img_size,
+                ndf=opt.ndf,
+                n_layers=opt.n_layers_D,
+                d3_region=opt.d3_region,
+                seg_range=opt.d2_seg_range,
+            )
+            init_weights(self.netD, opt.init_type, opt.init_gain).to(self.device)
             self.model_names.append("D")
             self.criterionGAN = GANLoss(opt.gan_mode).to(self.device)
             self.optimizer_G = torch.optim.Adam(
@@ -192,6 +281,8 @@ class Pix2PixModel(BaseModel):
         self.real_B = batch["B"].to(dev)
         self.vert_mask = batch["vert_mask"].to(dev)
         self.normal_vert = batch["normal_vert"].to(dev)
+        context = batch.get("normal_vert_context")
+        self.normal_vert_context = None if context is None else context.to(dev)
         self.ids = list(batch.get("id", []))
 
     def _autocast(self):
@@ -256,23 +347,51 @@ class Pix2PixModel(BaseModel):
         )
 
     # ------------------------------------------------------------------ losses
+    def loss_views(self) -> LossViews:
+        """The composed images the losses and discriminators see (``--shrm_context``,
+        ``--seg_losses``): by default :meth:`compose`'s, as at inference."""
+        o = self.outputs
+        if self.opt.shrm_context == "truth":
+            rows1 = restored_height_rows(o.pred1_h, self.height, self.h2)
+            rows2 = restored_height_rows(o.pred2_h, self.height, self.h2)
+            ct1 = shrm_compose_on_truth(o.x_stage1, self.real_B, rows1, self.height)
+            ct2 = shrm_compose_on_truth(o.x_stage2, self.real_B, rows2, self.height)
+        else:
+            ct1, ct2 = self.fake_B1, self.fake_B
+        fine = o.fine_seg if self.opt.seg_losses == "raw" else self.fine_seg
+        return LossViews(ct1, ct2, fine)
+
     def backward_D(self) -> None:
+        views = self.loss_views()
         with self._autocast():
             losses = discriminator_losses(
                 self.netD,
                 self.criterionGAN,
                 real_ct=self.real_B,
                 real_seg=self.vert_mask,
-                fake_ct=self.fake_B,
-                fake_seg=self.fine_seg,
+                fake_ct=views.ct2,
+                fake_seg=views.fine_seg,
             )
         for name, value in losses.items():
             setattr(self, f"loss_{name}", value.float())
         _backward_if_finite(sum(v.float() for v in losses.values()), "discriminator")
 
+    def _coarse_dice(self, smooth: float) -> Tensor:
+        """(B,) Dice loss of the coarse segmentation (``--coarse_dice_target``)."""
+        if self.opt.coarse_dice_target == "neighbours":
+            if self.normal_vert_context is None:
+                raise ValueError("--coarse_dice_target neighbours needs 'normal_vert_context'")
+            target = self.normal_vert_context
+            return dice_loss(self.outputs.coarse_seg, target, smooth=smooth, reduction="none")
+        # Rows the generator does not predict (outside its crop) do not count against it.
+        r0, r1 = self.netG.crop_bounds(self.real_A.shape[-2])
+        normal_vert = torch.zeros_like(self.normal_vert)
+        normal_vert[..., r0:r1, :] = self.normal_vert[..., r0:r1, :]
+        return dice_loss(self.coarse_seg, normal_vert, smooth=smooth, reduction="none")
+
     def backward_G(self) -> None:
-        w, lw = self.x0_weight, self.weights
-        o = self.outputs
+        w, lw, opt = self.x0_weight, self.weights, self.opt
+        o, views = self.outputs, self.loss_views()
 
         def weighted(per_sample: Tensor) -> Tensor:
             # x0-space losses count each sample by its weight (SNR for diffusion, 1 for GAN).
@@ -280,24 +399,22 @@ class Pix2PixModel(BaseModel):
 
         with self._autocast():
             gan = generator_gan_loss(
-                self.netD, self.criterionGAN, self.fake_B, self.fine_seg, reduction="none"
+                self.netD, self.criterionGAN, views.ct2, views.fine_seg, reduction="none"
             )
         h = self.height / self.h2  # heights as fractions of the band, like the heads
         self.loss_G_GAN = weighted(gan.reshape(-1))
         self.loss_G_L1 = weighted(
-            two_stage_l1_loss(self.fake_B1, self.fake_B, self.real_B, self.mask, reduction="none")
+            two_stage_l1_loss(views.ct1, views.ct2, self.real_B, self.mask, reduction="none")
         )
-        # Rows the generator does not predict (outside its crop) do not count against it.
-        r0, r1 = self.netG.crop_bounds(self.real_A.shape[-2])
-        normal_vert = torch.zeros_like(self.normal_vert)
-        normal_vert[..., r0:r1, :] = self.normal_vert[..., r0:r1, :]
-        self.loss_G_dice_coarse = weighted(
-            dice_loss(self.coarse_seg, normal_vert, reduction="none")
+        if opt.l1_batch_norm:  # the original's bug, on request
+            self.loss_G_L1 = self.loss_G_L1 / self.real_B.shape[0]
+        smooth = opt.dice_smooth
+        self.loss_G_dice_coarse = weighted(self._coarse_dice(smooth))
+        self.loss_G_dice_fine = weighted(
+            dice_loss(views.fine_seg, self.vert_mask, smooth=smooth, reduction="none")
         )
-        self.loss_G_dice_fine = weighted(dice_loss(self.fine_seg, self.vert_mask, reduction="none"))
-        self.loss_G_edge = weighted(
-            sobel_edge_loss(self.fine_seg, self.vert_mask, reduction="none")
-        )
+        edge = hard_sobel_edge_loss if opt.edge_loss == "original" else sobel_edge_loss
+        self.loss_G_edge = weighted(edge(views.fine_seg, self.vert_mask, reduction="none"))
         self.loss_G_height = weighted(
             relative_height_loss(o.pred1_h, h, reduction="none")
             + relative_height_loss(o.pred2_h, h, reduction="none")

@@ -131,6 +131,50 @@ class ShrmOutput(NamedTuple):
     rows2: Tensor
 
 
+def shrm_compose_on_truth(
+    band_source: Tensor, truth: Tensor, target_rows: Tensor, measured_h: Tensor
+) -> Tensor:
+    """The original's SHRM during training: the generated rows placed on the measured
+    vertebra, the context taken from the ground truth (B geometry).
+
+    For sample ``b`` with measured height ``h``, restored height ``Ht`` and ``d = Ht - h``,
+    the vertebra starts at ``x1 = S//2 - h//2`` in B geometry; output rows ``[x1 - d//2,
+    x1 - d//2 + Ht)`` come from ``band_source`` (same rows), the rows above from ``truth``
+    ``d//2`` rows lower down (moved up), the rows below from ``truth`` ``d - d//2`` rows
+    higher up (moved down). With ``Ht = h`` the context is exactly the truth's. Unlike
+    :func:`shrm_compose` (which composes from the input context, as at inference) no row is
+    clamped at the image edge: the truth has the rows the context moves in from.
+
+    Args:
+        band_source: (B, C, S, W) generator output (its rows around the band are used).
+        truth: (B, C, S, W) ground truth in B geometry (the vertebra of height ``h`` centred).
+        target_rows: (B,) integer ``Ht`` (:func:`restored_height_rows`), ``>= h``.
+        measured_h: (B,) measured heights ``h`` in rows.
+
+    Returns:
+        (B, C, S, W) in ``band_source``'s dtype, differentiable with respect to both.
+    """
+    if band_source.dim() != 4 or band_source.shape != truth.shape:
+        raise ValueError(
+            "band_source and truth must both be (B, C, S, W), got "
+            f"{tuple(band_source.shape)} and {tuple(truth.shape)}"
+        )
+    b, c, s, w = band_source.shape
+    ht = target_rows.reshape(-1).long().to(band_source.device)[:, None]
+    h = torch.round(measured_h.detach().reshape(-1).float()).long().to(ht.device)[:, None]
+    if ht.shape[0] != b or h.shape[0] != b:
+        raise ValueError(f"target_rows and measured_h need {b} values each")
+    d = ht - h
+    start = s // 2 - h // 2 - d // 2
+    r = torch.arange(s, device=ht.device)[None, :]
+    from_band = (r >= start) & (r < start + ht)
+    rows = torch.where(r < start, r + d // 2, torch.where(from_band, r, r - (d - d // 2)))
+    index = rows.clamp(0, s - 1)[:, None, :, None].expand(b, c, s, w)
+    picked_band = torch.gather(band_source, 2, index)
+    picked_truth = torch.gather(truth.to(band_source.dtype), 2, index)
+    return torch.where(from_band[:, None, :, None], picked_band, picked_truth)
+
+
 def shrm_outputs(outputs: GeneratorOutput, measured_h: Tensor, h2: int) -> ShrmOutput:
     """Apply SHRM to a generator's seven outputs: what the model feeds its losses and
     discriminators in training and returns at inference (one composition for both).

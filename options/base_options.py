@@ -9,6 +9,7 @@ from pathlib import Path
 
 import data
 import models
+from options.presets import PRESETS, apply_preset
 from util.io import write_json_atomic, write_text_atomic
 from util.misc import resolve_device
 
@@ -20,7 +21,8 @@ class BaseOptions:
     2. the flags of the chosen ``--model`` (its ``modify_commandline_options``), then any
        further option setters the model asks for (e.g. the chosen ``--netG_type``);
     3. the flags of the chosen ``--dataset_mode``;
-    4. a final strict parse, so an unknown flag or a value outside its choices is an error.
+    4. the defaults of ``--preset`` (``options/presets.py``), over every flag added so far;
+    5. a final strict parse, so an unknown flag or a value outside its choices is an error.
     """
 
     is_train: bool = False
@@ -52,6 +54,13 @@ class BaseOptions:
             "if present, else CPU",
         )
         g.add_argument("--seed", type=int, default=0, help="seed of python, numpy and torch")
+        g.add_argument(
+            "--preset",
+            default="none",
+            choices=list(PRESETS),
+            help="healthivert: every training choice set to the original HealthiVert-GAN's "
+            "(options/presets.py); flags given explicitly still win",
+        )
 
         g = parser.add_argument_group("model")
         g.add_argument(
@@ -124,6 +133,7 @@ class BaseOptions:
         parser = data.find_dataset(opt.dataset_mode).modify_commandline_options(
             parser, self.is_train
         )
+        apply_preset(parser, opt.preset)
 
         self.parser = parser
         return parser.parse_args(self.argv)

@@ -83,6 +83,25 @@ def test_d3_sees_only_its_rows() -> None:
     assert ds.D_3.n_layers == 2  # an 18-row band is too short for 3 stride-2 layers
 
 
+def test_d3_band_columns_region_and_unit_seg_range() -> None:
+    """The original's D_3 region (band rows x central 70 columns at 256 px, zero elsewhere,
+    full size) and D_2 input range ({0, 1})."""
+    ds = HealthiVertDiscriminators(
+        img_size=64, ndf=4, norm="none", d3_region="band_columns", seg_range="unit"
+    )
+    x = torch.ones(1, 1, 64, 64)
+    region = ds.crop_band(x)[0, 0]
+    assert region.shape == (64, 64) and ds.D_3.n_layers == 3
+    assert torch.nonzero(region.any(1)).flatten().tolist() == list(range(27, 37))  # 10-row band
+    assert torch.nonzero(region.any(0)).flatten().tolist() == list(range(23, 41))  # 18 columns
+    seen = []
+    ds.D_2.register_forward_hook(lambda m, inp, out: seen.append(inp[0]))
+    ds(x, torch.full((1, 1, 64, 64), 0.7))
+    assert seen[0].unique().tolist() == [1.0]
+    with pytest.raises(ValueError, match="d3_region"):
+        HealthiVertDiscriminators(img_size=64, d3_region="crop")
+
+
 def test_straight_through_binarise() -> None:
     prob = torch.tensor([0.1, 0.5, 0.51, 0.9], requires_grad=True)
     hard = straight_through_binarise(prob)

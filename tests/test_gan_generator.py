@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from models.discriminators import GANLoss, HealthiVertDiscriminators, generator_gan_loss
-from models.gan_generator import GanGenerator, contextual_attention
+from models.gan_generator import CamConcat, GanGenerator, contextual_attention
 from models.generator_base import GeneratorInput, GeneratorOutput, find_generator
 from models.losses import (
     LossWeights,
@@ -117,47 +117,25 @@ def test_size_parameters_and_options() -> None:
         GanGenerator(img_size=S).sample(wrong_size)
 
 
-def _naive_contextual_attention(feat, mask, rate=2, ksize=3, scale=10.0):
-    """Per-sample DeepFill formulation: patches as conv kernels, conv_transpose to paste."""
-    b, c, h, w = feat.shape
-    big_h, big_w = mask.shape[-2:]
-    hs, ws = h // rate, w // rate
-    outs, flows = [], []
-    for i in range(b):
-        x = feat[i : i + 1]
-        small = x[:, :, ::rate, ::rate]
-        hole_s = F.adaptive_max_pool2d(mask[i : i + 1], (hs, ws))
-        hole_f = F.adaptive_max_pool2d(mask[i : i + 1], (h, w))
-        # Background patch j (row-major) as a conv kernel, L2-normalised.
-        kernels = F.unfold(small, ksize, padding=ksize // 2).transpose(1, 2)
-        kernels = kernels / kernels.norm(dim=2, keepdim=True).clamp_min(1e-12)
-        kernels = kernels.reshape(hs * ws, c, ksize, ksize)
-        score = F.conv2d(small, kernels, padding=ksize // 2)  # (1, L, hs, ws)
-        q_norm = F.conv2d(small.pow(2), torch.ones(1, c, ksize, ksize), padding=ksize // 2)
-        score = score / q_norm.sqrt().clamp_min(1e-12) * scale
-        valid = (F.max_pool2d(hole_s, ksize, 1, ksize // 2).flatten() == 0).reshape(1, -1, 1, 1)
-        score = score.masked_fill(~valid, -1e30)
-        attn = torch.softmax(score, dim=1) * valid * hole_s  # only queries in the hole
-        raw = F.unfold(x, 2 * rate, padding=rate // 2, stride=rate).transpose(1, 2)
-        raw = raw.reshape(hs * ws, c, 2 * rate, 2 * rate)
-        pasted = F.conv_transpose2d(attn, raw, stride=rate, padding=rate // 2)
-        count = F.conv_transpose2d(
-            hole_s, torch.ones(1, 1, 2 * rate, 2 * rate), stride=rate, padding=rate // 2
-        )
-        recon = pasted / count.clamp_min(1.0)
-        outs.append(recon * hole_f + x * (1 - hole_f))
-        flow = torch.zeros(1, 2, hs, ws)
-        best = attn.argmax(dim=1)[0]
-        for y in range(hs):
-            for xx in range(ws):
-                if hole_s[0, 0, y, xx] > 0:
-                    flow[0, 0, y, xx] = (int(best[y, xx]) // ws - y) * big_h / hs
-                    flow[0, 1, y, xx] = (int(best[y, xx]) % ws - xx) * big_w / ws
-        flows.append(F.interpolate(flow, size=(big_h, big_w), mode="nearest") * mask[i : i + 1])
-    return torch.cat(outs), torch.cat(flows)
+def test_cam_as_input_channels() -> None:
+    """--cam_injection concat (the original's HGAM): the CAM is a channel of two decoder convs,
+    so it changes the output from the first step (the zero-initialised modulation does not)."""
+    torch.manual_seed(0)
+    inp = _inputs()
+    for injection, changes in (("concat", True), ("modulation", False)):
+        g = GanGenerator(ngf=8, img_size=S, cam_injection=injection).eval()
+        a = g.sample(inp).outputs.x_stage1
+        b = g.sample(inp._replace(cam=1 - inp.cam)).outputs.x_stage1
+        assert (not torch.equal(a, b)) == changes, injection
+    assert isinstance(
+        GanGenerator(ngf=8, img_size=S, cam_injection="concat").net.coarse.decoder.cam1, CamConcat
+    )
+    with pytest.raises(ValueError, match="cam_injection"):
+        GanGenerator(img_size=S, cam_injection="add")
 
 
-def test_contextual_attention_matches_naive_reference() -> None:
+def test_contextual_attention_keeps_context_and_points_offsets_at_background() -> None:
+    # Equivalence with the original's values: tests/test_equivalence_original.py.
     torch.manual_seed(3)
     feat = torch.randn(3, 4, 16, 12)
     mask = torch.zeros(3, 1, 64, 48)
@@ -165,11 +143,17 @@ def test_contextual_attention_matches_naive_reference() -> None:
     mask[1, :, 20:44] = 1.0  # a taller one
     mask[2, :, 30:34, 8:40] = 1.0  # a rectangle, not full width
     out, flow = contextual_attention(feat, mask)
-    ref_out, ref_flow = _naive_contextual_attention(feat, mask)
-    torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(flow, ref_flow)
     outside = F.adaptive_max_pool2d(mask, (16, 12)).expand_as(feat) == 0
     assert torch.equal(out[outside], feat[outside])
+    assert not torch.equal(out[~outside], feat[~outside])
+    assert torch.equal(flow * (1 - mask), torch.zeros_like(flow))
+    # every hole pixel points at a matching-grid key whose 3x3 neighbourhood is unmasked
+    for i in range(3):
+        ys, xs = torch.nonzero(mask[i, 0], as_tuple=True)
+        ty = (ys + flow[i, 0, ys, xs]).long() // 8
+        tx = (xs + flow[i, 1, ys, xs]).long() // 8
+        grid = F.max_pool2d(mask[i : i + 1, :, ::8, ::8], 3, 1, 1)[0, 0]
+        assert bool((grid[ty, tx] == 0).all())
 
 
 def test_one_training_step_changes_weights_with_finite_losses() -> None:

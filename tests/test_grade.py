@@ -107,7 +107,8 @@ def test_cli_csv_writes_json_and_png(tmp_path, run_script):
     out = tmp_path / "grading"
     assert run_script("grade", ["--heights", heights, "--out", out, "--seed", "1"]) == 0
     data = json.loads((out / "grading.json").read_text())
-    assert set(data) == {"rhlv", "baseline"}
+    assert set(data) == {"rhlv", "baseline", "protocol", "protocol_note"}
+    assert data["protocol"] == "ours"
     assert set(data["rhlv"]) == SCHEMA and set(data["baseline"]) == SCHEMA
     assert data["rhlv"]["macro_f1"] == pytest.approx(1.0)
     assert data["rhlv"]["features"] == ["rhlv_anterior", "rhlv_middle", "rhlv_posterior"]
@@ -146,3 +147,27 @@ def test_input_errors(tmp_path, run_script, capsys):
     bad_json.write_text(json.dumps({"a": {"grade": 0, "original": {"anterior_mm": 1}}}))
     with pytest.raises(ValueError, match="'a'"):
         G.load_heights_table(bad_json)
+
+
+def test_cli_healthivert_protocol_scores_val_per_fold(tmp_path, capsys, run_script):
+    """--protocol healthivert: the same features graded the original's way (its folds over
+    train + test in file order, val scored), the report naming the protocol."""
+    heights = tmp_path / "heights.csv"
+    _write_csv(heights)
+    _, grades = _separable(n_per=8, seed=1)
+    splits: dict[str, dict[str, int]] = {"test": {}, "train": {}, "val": {}}
+    for i, g in enumerate(grades):  # 2 val, 2 test and 4 train vertebrae per grade
+        splits[{0: "val", 1: "test"}.get(i % 4, "train")][f"p{i}_20"] = int(g)
+    (tmp_path / "splits.json").write_text(json.dumps(splits))
+    out = tmp_path / "grading"
+    argv = ["--heights", str(heights), "--out", str(out), "--protocol", "healthivert"]
+    assert run_script("grade", argv) == 2
+    assert "--splits" in capsys.readouterr().err
+    assert run_script("grade", [*argv, "--splits", tmp_path / "splits.json"]) == 0
+    data = json.loads((out / "grading.json").read_text())
+    assert data["protocol"] == "healthivert" and "unshuffled" in data["protocol_note"]
+    res = data["rhlv"]
+    assert (res["n_train_test"], res["n_val"], res["folds"]) == (24, 8, 5)
+    assert res["labels"] == [0, 1, 2, 3]
+    assert res["macro_f1"] == pytest.approx(1.0) and len(res["fold_macro_f1"]) == 5
+    assert "healthivert" in capsys.readouterr().out

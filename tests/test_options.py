@@ -124,3 +124,25 @@ def test_num_workers_counts_loader_processes_and_num_threads_is_not_a_shared_fla
     assert opt.num_workers == 3 and not hasattr(opt, "num_threads")
     with pytest.raises(SystemExit):
         _train_opt(tmp_path, "--num_threads", "1")
+
+
+def test_preset_healthivert_sets_every_choice_and_explicit_flags_win(tmp_path, capsys):
+    from options.presets import PRESETS
+
+    ours = _train_opt(tmp_path)
+    orig = _train_opt(tmp_path, "--preset", "healthivert")
+    for key, value in PRESETS["healthivert"].items():
+        assert getattr(orig, key) == value, key
+        assert getattr(ours, key) != value, f"{key}: our default equals the original's"
+    assert (ours.l1_batch_norm, orig.l1_batch_norm) == (False, False)  # the bugs stay opt-in
+    assert orig.edge_loss == "soft"
+    mixed = _train_opt(tmp_path, "--preset", "healthivert", "--ndf", "32", "--gan_mode", "lsgan")
+    assert (mixed.ndf, mixed.gan_mode, mixed.d3_region) == (32, "lsgan", "band_columns")
+    # at test time only the flags that exist there are set; another generator's are skipped
+    test = TestOptions(["--gpu_ids", "-1", "--preset", "healthivert"]).gather_options()
+    assert (test.cam_injection, test.height_convention) == ("concat", "span")
+    assert not hasattr(test, "gan_mode")
+    diff = _train_opt(tmp_path, "--preset", "healthivert", "--netG_type", "diffusion")
+    assert not hasattr(diff, "cam_injection") and diff.gan_mode == "vanilla"
+    with pytest.raises(SystemExit):
+        _train_opt(tmp_path, "--preset", "pix2pix")

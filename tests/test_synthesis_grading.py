@@ -374,3 +374,33 @@ def test_grading_ceiling_needs_a_phantom_root(tmp_path):
         GC.grading_ceiling(tmp_path, "test", [1.0])
     with pytest.raises(ValueError, match="--repeats must be >= 1"):
         GC.grading_ceiling(tmp_path, "test", [1.0], repeats=0)
+
+
+def test_grade_synthesis_healthivert_protocol(tmp_path, capsys, run_script):
+    """--protocol healthivert: the original's RHLV from the label volumes, its grading (folds
+    over train + test, val scored) and its 3-D metrics of the normal val vertebrae."""
+    root, syn = _grading_root(tmp_path / "root")
+    splits: dict[str, dict[str, int]] = {"test": {}, "train": {}, "val": {}}
+    for g in ORI_ROWS:
+        for i in range(5):  # 3 train/test and 2 val vertebrae per grade
+            splits[("train", "test", "train", "val", "val")[i]][f"g{g}n{i}_20"] = g
+    (root / "vertebra_data.json").write_text(json.dumps(splits))
+    for key in splits["val"]:  # CT volumes for the synthesis metrics
+        for folder in (root, syn):
+            ct = (load_nifti(folder / "label" / f"{key}.nii.gz")[0] > 0).astype(np.uint8) * 200
+            save_nifti(folder / "CT" / f"{key}.nii.gz", ct + 20, ipl_affine(SPACING))
+    out = tmp_path / "grading"
+    argv = ["--dataroot", root, "--synthesis", syn, "--out", out]
+    with pytest.warns(UserWarning, match="3 folds"):
+        assert run_script("grade_synthesis", [*argv, "--protocol", "healthivert"]) == 0
+    result = json.loads((out / GS.GRADING_FILE).read_text())
+    assert result["protocol"] == "healthivert" and result["phase"] == "all"
+    rhlv = result["rhlv"]
+    assert (rhlv["n_train_test"], rhlv["n_val"], rhlv["folds"]) == (12, 8, 3)
+    assert rhlv["macro_f1"] == pytest.approx(1.0)  # synthesised = healthy: grades separate
+    per = result["rhlv_per_vertebra"]["g2n3_20"]  # 5 of 9 rows left
+    assert per["anterior"] == per["middle"] == per["posterior"] == pytest.approx(4 / 9, abs=1e-6)
+    metrics = result["synthesis_metrics"]  # grade-0 val: original 9 rows = synthesised
+    assert metrics["n"] == 2 and metrics["dice"] == pytest.approx(1.0)
+    assert "healthivert" in capsys.readouterr().out
+    assert GS.grade_synthesis(root, syn, out)["protocol"] == "ours"

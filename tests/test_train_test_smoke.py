@@ -136,3 +136,22 @@ def test_nan_loss_stops_training_and_keeps_last_checkpoint(root, tmp_path, capsy
     err = capsys.readouterr().err
     assert "nan" in err and "last good checkpoint" in err
     assert (ckpt / "nan" / "latest_checkpoint.pth").read_bytes() == good
+
+
+def test_train_and_test_with_the_healthivert_preset(root, tmp_path):
+    """--preset healthivert (with the two opt-in bugs) trains and tests end to end; test.py
+    needs the preset too (it builds the generator with the original's CAM channels)."""
+    ckpt = tmp_path / "ckpt"
+    preset = ["--preset", "healthivert"]
+    bugs = ["--l1_batch_norm", "--edge_loss", "original"]
+    assert _train(root, ckpt, "gan", "hv", *preset, *bugs) == 0
+    saved = json.loads((ckpt / "hv" / "train_opt.json").read_text())
+    assert (saved["preset"], saved["d3_region"], saved["cam_injection"]) == (
+        "healthivert",
+        "band_columns",
+        "concat",
+    )
+    results = tmp_path / "results"
+    argv = _common(root, ckpt, "gan", "hv") + ["--results_dir", str(results), *preset]
+    assert test_script.main(argv) == 0
+    assert (results / "hv" / "test_latest" / "summary.json").is_file()

@@ -40,6 +40,7 @@ KEYS = (
     "mask",
     "vert_mask",
     "normal_vert",
+    "normal_vert_context",
     "CAM",
     "height",
     "x1",
@@ -106,11 +107,12 @@ def test_sample_geometry_exact(vertebra_root_factory, vertebra_volumes, native, 
     vm = s["vert_mask"][0].numpy()
     assert np.array_equal(np.flatnonzero(vm.any(1)), np.arange(x1, x1 + h))
     assert np.array_equal(np.flatnonzero(vm.any(0)), np.arange(16 * f, 48 * f))
-    # p1_20 is grade 0 and its neighbours 19, 21 are not listed: all three are normal
+    # p1_20 is grade 0; its neighbours 19, 21 are in no split, so they are not normal
     nv = s["normal_vert"][0].numpy()
     shift = x1 - r0
-    want_rows = np.r_[12 * f : 24 * f, 28 * f : 36 * f, 40 * f : 52 * f] + shift
-    assert np.array_equal(np.flatnonzero(nv.any(1)), want_rows)
+    assert np.array_equal(np.flatnonzero(nv.any(1)), np.arange(28 * f, 36 * f) + shift)
+    # the same in A geometry: the target is cut out, the band is empty
+    assert s["normal_vert_context"].sum() == 0
     # CAM: context in A geometry, band = the vertebra's CAM rows resized (a rising ramp)
     c = s["CAM"][0].numpy()
     np.testing.assert_allclose(c[b0 - 1], cam[r0 - 1, :, k], atol=1e-3)
@@ -139,13 +141,17 @@ def test_resize_before_geometry(vertebra_root_factory, native, img_size):
 def test_normal_vert_uses_grades(vertebra_root_factory):
     root = vertebra_root_factory(SPLITS)
     ds = make(root, vert_class="abnormal", slice_mode="all")
-    assert ds.keys() == ["p3_20", "p3_21"]
+    assert ds.keys() == ["p3_21"]  # grade 1 counts as normal, as in the original
     s = ds.get_sample("p3_21", 7)
-    # 20 has grade 1, the target 21 grade 2, 22 is not listed -> only 22 is normal
+    # 20 has grade 1 (normal), the target 21 grade 2, 22 is in no split (not normal)
     shift = s["x1"].item() - 28
     nv = s["normal_vert"][0].numpy()
-    assert np.array_equal(np.flatnonzero(nv.any(1)), np.arange(40, 52) + shift)
+    assert np.array_equal(np.flatnonzero(nv.any(1)), np.arange(12, 24) + shift)
     assert s["grade"].item() == 2
+    # A geometry: the context above the band closes on it, nothing below
+    b0, b1 = band_rows(64)
+    nvc = s["normal_vert_context"][0].numpy()
+    assert np.array_equal(np.flatnonzero(nvc.any(1)), np.arange(12, 24) + b0 - 28)
     # pid with an underscore: sub_a_20 -> pid "sub_a", target 20
     assert make(root, vert_class="normal").infos["sub_a_20"].pid == "sub_a"
 
@@ -180,7 +186,9 @@ def test_tall_slices_excluded_and_all_mode_order(vertebra_root_factory):
     ds = make(root, vert_class="normal", slice_mode="all")
     assert ds.valid_slices("p1_20") == [3, 4, 6, 7, 8, 10, 11]
     items = [(s["id"], s["slice_index"].item()) for s in ds]
-    want = [("p1_20", k) for k in (3, 4, 6, 7, 8, 10, 11)] + [("sub_a_20", k) for k in range(3, 12)]
+    want = [("p1_20", k) for k in (3, 4, 6, 7, 8, 10, 11)] + [
+        (key, k) for key in ("sub_a_20", "p3_20") for k in range(3, 12)
+    ]
     assert items == want
     assert len(ds) == len(want)
     assert [(s["id"], s["slice_index"].item()) for s in ds] == items  # deterministic
@@ -188,7 +196,7 @@ def test_tall_slices_excluded_and_all_mode_order(vertebra_root_factory):
         ds.get_sample("p1_20", 5)
     # random mode never draws an excluded slice
     rnd = make(root, vert_class="normal")
-    assert len(rnd) == 2
+    assert len(rnd) == 3
     assert {rnd[0]["slice_index"].item() for _ in range(200)} <= {3, 4, 6, 7, 8, 10, 11}
 
 
@@ -199,14 +207,14 @@ def test_vertebra_without_valid_slice_dropped_with_warning(vertebra_root_factory
         ds = make(root, vert_class="normal")
     msgs = [str(w.message) for w in caught if "dropped" in str(w.message)]
     assert len(msgs) == 1 and "sub_a_20" in msgs[0]
-    assert ds.keys() == ["p1_20"]
+    assert ds.keys() == ["p1_20", "p3_20"]
 
 
 @pytest.mark.parametrize(
     "vert_class,keys",
     [
-        ("normal", ["p1_20", "sub_a_20"]),
-        ("abnormal", ["p3_20", "p3_21"]),
+        ("normal", ["p1_20", "sub_a_20", "p3_20"]),  # grade <= 1, as the original
+        ("abnormal", ["p3_21"]),
         ("all", ["p1_20", "sub_a_20", "p3_20", "p3_21"]),
     ],
 )
@@ -413,6 +421,73 @@ def test_real_straightened_labels(tmp_path):
         assert np.all(s["A"][0, 108:148].numpy() == 0)
 
 
+@pytest.mark.skipif(not REAL_LABELS.is_dir(), reason="healthivert_0007 labels not present")
+@pytest.mark.parametrize("convention,heights", [("rows", [25, 25, 26]), ("span", [24, 24, 25])])
+def test_small_label_pieces_are_dropped_as_the_original_does(tmp_path, convention, heights):
+    """Case 0007, vertebra 22: stray pieces of its label (< 50 px) in slices 26-41 stretched
+    its row extent: 9 central slices looked taller than the band and were dropped, 3 kept
+    with heights 34/34/39. Without the pieces every central slice is valid, ~24 rows tall."""
+    src = REAL_LABELS / "0007_22.nii.gz"
+    label, affine, _ = load_nifti(src)
+    save_nifti(tmp_path / "label" / src.name, label, affine)
+    save_nifti(tmp_path / "CT" / src.name, (label > 0).astype(np.uint8) * 200, affine)
+    (tmp_path / "vertebra_data.json").write_text(json.dumps({"test": {"0007_22": 0}}))
+    ds = make(
+        tmp_path,
+        phase="test",
+        img_size=256,
+        vert_class="all",
+        slice_mode="all",
+        use_cam=False,
+        height_convention=convention,
+    )
+    assert central_range(6, 62) == (12, 56)
+    assert ds.valid_slices("0007_22") == list(range(12, 57))
+    got = [ds.get_sample("0007_22", k) for k in (26, 27, 30)]
+    assert [int(g["height"]) for g in got] == heights
+    # the dropped pieces are not in the vertebra mask either
+    for g in got:
+        rows = np.flatnonzero(g["vert_mask"][0].numpy().any(1))
+        assert rows[-1] - rows[0] + 1 == int(g["height"]) + (convention == "span")
+
+
+def test_absent_neighbours_are_not_normal(vertebra_root_factory):
+    # p1_20 is normal; its neighbours 19 and 21 are in the volume but in no split
+    root = vertebra_root_factory({"train": {"p1_20": 0, "p1_21": -1}})
+    ds = make(root, vert_class="all")
+    assert ds.normal_ids("p1_20") == [20]  # 21 has an unknown grade, 19 no entry
+    assert ds.normal_ids("p1_21") == [20]  # 22 has no entry, the target no known grade
+
+
+def test_original_height_convention_and_cam(vertebra_root_factory):
+    root = vertebra_root_factory(SPLITS)
+    ours = make(root, vert_class="all", slice_mode="all")
+    orig = make(
+        root, vert_class="all", slice_mode="all", height_convention="span", cam_in_band="zero"
+    )
+    a, b = ours.get_sample("p1_20", 7), orig.get_sample("p1_20", 7)
+    # the target is on rows 28..35 of the 64 px volume: 8 rows, or 7 with the last in context
+    assert (a["height"].item(), b["height"].item()) == (8.0, 7.0)
+    b0, b1 = band_rows(64)
+    ct_rows = np.rint((b["A"][0, :, 20].numpy() + 1) * 127.5 * 63 / 255).astype(int)
+    assert ct_rows[b0 - 1] == 27 and ct_rows[b1] == 35  # the original cuts rows 28..34
+    assert b["CAM"][0, b0:b1].abs().sum() == 0 and a["CAM"][0, b0:b1].sum() > 0
+    np.testing.assert_array_equal(b["CAM"][0, :b0], a["CAM"][0, :b0])
+    assert b["vert_mask"].sum() == a["vert_mask"].sum()  # the mask keeps all 8 rows
+    with pytest.raises(ValueError, match="height_convention"):
+        make(root, height_convention="x2-x1")
+
+
+def test_original_slice_weighting(vertebra_root_factory):
+    root = vertebra_root_factory({"train": {"p1_20": 0}})
+    ds = make(root, slice_weighting="original")
+    info = ds.infos["p1_20"]
+    # target slices 2..13 (12 slices) -> central 3..11, centre 7, weights 1 - |k - 7| / 8
+    d = np.abs(np.arange(3, 12) - 7)
+    np.testing.assert_allclose(info.ratios, 2 * d / 12)
+    np.testing.assert_allclose(info.probs, (1 - d / 8) / (1 - d / 8).sum())
+
+
 def test_bad_values_name_the_file(vertebra_root_factory, vertebra_volumes):
     root = vertebra_root_factory(SPLITS)
     ct, label, cam = vertebra_volumes(20)
@@ -442,4 +517,15 @@ def test_sample_from_arrays_matches_dataset(vertebra_root_factory, vertebra_volu
     for key in ("A", "B", "vert_mask", "normal_vert", "CAM", "mask"):
         np.testing.assert_array_equal(s[key], ref[key][0].numpy())
     assert (s["x1"], s["x2"], s["h2"], s["height"]) == (56, 71, 20, 16.0)  # already centred
+    # a dataset with the original's conventions hands them on (iterative synthesis uses this)
+    orig = make(
+        root, img_size=128, vert_class="all", slice_mode="all", height_convention="span",
+        band_fill=-1.0,
+    )  # fmt: skip
+    arrays = [volume_to_slices(v, kind, 128)[k] for v, kind in ((ct, "ct"), (label, "label"))]
+    s2 = build_slice_sample(*arrays, None, 21, orig.normal_ids("p3_21"), **orig.slice_options())
+    ref2 = orig.get_sample("p3_21", k)
+    for key in ("A", "B", "vert_mask"):
+        np.testing.assert_array_equal(s2[key], ref2[key][0].numpy())
+    assert s2["height"] == 15.0 and s2["A"].min() == -1.0
     assert (s["src_x1"], s["src_x2"]) == ds.vertebra_rows_in_slice("p3_21", k) == (56, 71)

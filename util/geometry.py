@@ -37,6 +37,9 @@ REFERENCE_SIZE = 256
 BAND_PX_AT_256 = 40
 #: Height of the central band that discriminator D_3 sees at 256 px.
 D3_BAND_PX_AT_256 = 70
+#: Pieces of the target vertebra's label (8-connected, in one slice) smaller than this at 256 px
+#: are dropped, and a slice needs more target pixels than this to be used (the original's 50).
+MIN_PIECE_PX_AT_256 = 50
 #: HU window mapped linearly to uint8 0..255 when CT is stored (bone window, W 1800 / L 400).
 CT_WINDOW_HU = (-500.0, 1300.0)
 
@@ -44,6 +47,11 @@ CT_WINDOW_HU = (-500.0, 1300.0)
 def scaled_px(px_at_256: int, img_size: int) -> int:
     """Scale a pixel constant quoted at 256 px to ``img_size`` (at least 1 px)."""
     return max(1, int(math.floor(px_at_256 * img_size / REFERENCE_SIZE + 0.5)))
+
+
+def scaled_area_px(px_at_256: float, img_size: int) -> float:
+    """An area in pixels quoted at 256 px, at ``img_size`` (scales with the square)."""
+    return px_at_256 * (img_size / REFERENCE_SIZE) ** 2
 
 
 def band_px(img_size: int) -> int:
