@@ -33,7 +33,7 @@ from data.check import SPLITS
 from data.straighten_root import Case, StraightenSettings, straighten_patient, update_index
 from util.geometry import volume_path
 from util.io import write_json_atomic
-from util.shard import Shard, take_shard
+from util.shard import Shard, shard_files, take_shard
 
 WORK_DIR = "straighten_work"
 COHORT_REPORT = "straighten_cohort.json"
@@ -180,28 +180,25 @@ def merge_shards(out: str | Path, count: int | None = None) -> dict[str, Any]:
     ``straighten_report.json`` (merged with what ``out`` holds) and the cohort report
     ``straighten_cohort.json`` (returned). ``count`` defaults to the N of the reports found;
     every shard 0..N-1 must be there."""
-    work = Path(out) / WORK_DIR
-    found = sorted(work.glob("shard_*of*.json"))
-    counts = {int(p.stem.rsplit("of", 1)[1]) for p in found}
-    if count is None:
-        if len(counts) != 1:
-            raise ValueError(f"{work}: shard reports of {sorted(counts) or 'no'} shard counts")
-        count = counts.pop()
-    paths = [work / f"shard_{Shard(i, count).name}.json" for i in range(count)]
-    missing = [p.name for p in paths if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"{work}: missing shard reports {missing} (run those shards)")
+    paths = shard_files(Path(out) / WORK_DIR, "shard_", count)
+    count = len(paths)
     cases: dict[str, Any] = {}
-    per_split: dict[str, dict[str, int]] = {}
+    filed: dict[str, tuple[str, int]] = {}  # vertebra id -> (split, grade)
     for p in paths:
         rep = json.loads(p.read_text(encoding="utf-8"))
         cases.update(rep["cases"])
         for s, ids in rep["index"].items():
-            per_split.setdefault(s, {}).update(ids)
-    entries = {k: v for row in cases.values() for k, v in row["vertebrae"].items()}
+            filed.update({k: (s, g) for k, g in ids.items()})
+    cases = dict(sorted(cases.items()))  # the order one process runs them in
+    per_split: dict[str, dict[str, int]] = {}
+    entries: dict[str, Any] = {}
+    for row in cases.values():
+        for k, entry in row["vertebrae"].items():
+            entries[k] = entry
+            per_split.setdefault(filed[k][0], {})[k] = filed[k][1]
     for s, ids in per_split.items():
         update_index(out, {k: entries[k] for k in ids}, s, ids)
-    cohort = {"shards": count, "summary": summarise(cases), "cases": dict(sorted(cases.items()))}
+    cohort = {"shards": count, "summary": summarise(cases), "cases": cases}
     write_json_atomic(Path(out) / COHORT_REPORT, cohort)
     return cohort
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from util.geometry import split_key
 from util.io import write_json_atomic
-from util.shard import Shard, take_shard
+from util.shard import Shard, shard_files, take_shard
 
 INDEX_FILE = "synthesis.json"
 WORK_DIR = "synthesis_work"
@@ -83,16 +83,7 @@ def merge_synthesis(out_dir: str | Path, count: int | None = None) -> dict[str, 
     fields of shard 0, ``vertebrae`` from every shard in the run's ``order``, and the steps
     run. ``count`` defaults to the N of the shard files found; all of 0..N-1 must exist."""
     out_dir = Path(out_dir)
-    found = sorted(out_dir.glob("synthesis_shard_*of*.json"))
-    counts = {int(p.stem.rsplit("of", 1)[1]) for p in found}
-    if count is None:
-        if len(counts) != 1:
-            raise ValueError(f"{out_dir}: shard indexes of {sorted(counts) or 'no'} shard counts")
-        count = counts.pop()
-    paths = [index_path(out_dir, Shard(i, count)) for i in range(count)]
-    missing = [p.name for p in paths if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"{out_dir}: missing shard indexes {missing} (run those shards)")
+    paths = shard_files(out_dir, "synthesis_shard_", count)
     parts = [json.loads(p.read_text(encoding="utf-8")) for p in paths]
     entries: dict[str, Any] = {}
     for part in parts:

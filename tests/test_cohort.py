@@ -108,6 +108,11 @@ def test_two_shards_give_the_same_volumes_for_nifti_and_dicom(cohort, tmp_path, 
     index = json.loads((out / "vertebra_data.json").read_text())
     ids = {f"ts_{kind}_{v}": -1 for kind in ("dicom", "nifti") for v in (21, 22)}
     assert index == {"train": {}, "val": {}, "test": ids}
+    one = tmp_path / "one"  # the same cohort in one process: the same index, byte for byte
+    straighten_shard(folder_cases(cohort), one, SETTINGS, log=_quiet)
+    merge_shards(one)
+    for name in ("vertebra_data.json", "straighten_report.json"):
+        assert (one / name).read_bytes() == (out / name).read_bytes()
     cohort_rep = json.loads((out / "straighten_cohort.json").read_text())
     assert cohort_rep["summary"] == {"done": 2, "skipped": 0, "failed": 0, "vertebrae": 4}
     for v in (21, 22):

@@ -15,6 +15,7 @@ import os
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -89,3 +90,22 @@ def take_shard(items: Sequence[T], shard: Shard, key: Callable[[T], str] = str) 
     if dup:
         raise ValueError(f"duplicate keys cannot be sharded: {sorted(dup)[:5]}")
     return ordered[shard.index :: shard.count]
+
+
+def shard_files(folder: str | os.PathLike, prefix: str, count: int | None = None) -> list[Path]:
+    """The N per-shard files ``<folder>/<prefix><i>of<N>.json``, i = 0..N-1, that a merge
+    reads. ``count`` defaults to the N of the files found (one N only). Raises
+    ``FileNotFoundError`` naming the missing shards."""
+    folder = Path(folder)
+    counts = {int(p.stem.rsplit("of", 1)[1]) for p in folder.glob(f"{prefix}*of*.json")}
+    if count is None:
+        if len(counts) != 1:
+            raise ValueError(
+                f"{folder}: {prefix}*.json files of {sorted(counts) or 'no'} shard counts"
+            )
+        count = counts.pop()
+    paths = [folder / f"{prefix}{Shard(i, count).name}.json" for i in range(count)]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder}: missing {missing} (run those shards)")
+    return paths
