@@ -32,7 +32,7 @@ from typing import Any
 from data.check import SPLITS
 from data.straighten_root import Case, StraightenSettings, straighten_patient, update_index
 from util.geometry import volume_path
-from util.io import write_json_atomic
+from util.io import read_json_record, write_json_atomic
 from util.shard import Shard, shard_files, take_shard
 
 WORK_DIR = "straighten_work"
@@ -85,14 +85,8 @@ def _case_files(out: Path, keys: Sequence[str], with_ct: bool) -> list[Path]:
 
 def _complete(out: Path, pid: str, settings: dict[str, Any]) -> dict[str, Any] | None:
     """The case's manifest when its outputs are complete for these settings, else None."""
-    path = _manifest_path(out, pid)
-    if not path.is_file():
-        return None
-    try:
-        man = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        return None
-    if man.get("settings") != settings:
+    man = read_json_record(_manifest_path(out, pid))
+    if man is None or man.get("settings") != settings:
         return None
     files = _case_files(out, list(man["vertebrae"]), man["with_ct"])
     return man if all(f.is_file() for f in files) else None

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from util.geometry import split_key
-from util.io import write_json_atomic
+from util.io import read_json_record, write_json_atomic
 from util.shard import Shard, shard_files, take_shard
 
 INDEX_FILE = "synthesis.json"
@@ -49,14 +49,8 @@ def _record_path(out_dir: Path, key: str) -> Path:
 def load_done(out_dir: Path, key: str, run: Mapping[str, Any]) -> dict[str, Any] | None:
     """``{"entry", "steps"}`` of ``key`` when it was synthesised by this run (same
     fingerprint ``run``) and its volumes exist, else None."""
-    path = _record_path(out_dir, key)
-    if not path.is_file():
-        return None
-    try:
-        rec = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        return None
-    if rec.get("run") != dict(run):
+    rec = read_json_record(_record_path(out_dir, key))
+    if rec is None or rec.get("run") != dict(run):
         return None
     entry = rec["entry"]
     if not all((out_dir / entry[f]).is_file() for f in ("ct", "label")):

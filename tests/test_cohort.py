@@ -141,6 +141,11 @@ def test_restarted_shard_redoes_only_the_incomplete_case(cohort, tmp_path):
     other = StraightenSettings(vertebrae=(21,), label_map="totalseg")
     third = straighten_shard(folder_cases(cohort), out, other, log=_quiet)
     assert {r["status"] for r in third["cases"].values()} == {"done"}
+    # a manifest cut short (killed mid-write without the atomic rename) counts as absent
+    (out / WORK_DIR / "cases" / "ts_nifti.json").write_text('{"pid": "ts_ni')
+    fourth = straighten_shard(folder_cases(cohort), out, other, log=_quiet)
+    status = {pid: r["status"] for pid, r in fourth["cases"].items()}
+    assert status == {"ts_dicom": "skipped", "ts_nifti": "done"}
     merged = merge_shards(out)
     assert merged["summary"]["vertebrae"] == 2
 
