@@ -29,6 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data.check import GRADES, SPLITS
+from util.dicom_io import load_ct
 from util.geometry import SPLIT_FILE, make_key, volume_path
 from util.io import write_json_atomic
 from util.labels import totalseg_to_verse
@@ -46,8 +47,9 @@ REPORT_FILE = "straighten_report.json"
 
 @dataclass(frozen=True)
 class Case:
-    """One patient: ``seg`` its vertebra label NIfTI, ``ct`` its CT in HU (None: labels
-    only), ``centroids`` a VerSe centroid JSON (None: the labels' centres of mass)."""
+    """One patient: ``seg`` its vertebra label NIfTI, ``ct`` its CT in HU (a NIfTI file or a
+    DICOM series folder; None: labels only), ``centroids`` a VerSe centroid JSON (None: the
+    labels' centres of mass)."""
 
     pid: str
     seg: Path
@@ -161,7 +163,7 @@ def _load_case(case: Case, label_map: str) -> tuple[np.ndarray, np.ndarray, Any,
         raise ValueError(f"{case.seg}: no vertebra labels (label map {label_map})")
     ct = ct_aff = None
     if case.ct is not None:
-        ct, ct_aff, _ = load_nifti(case.ct, dtype=np.float32)
+        ct, ct_aff = load_ct(case.ct)
     centroids = None
     if case.centroids is not None:
         centroids = load_centroid_json(case.centroids, seg.shape, seg_aff)

@@ -59,17 +59,19 @@ from tqdm import tqdm
 from data import find_dataset
 from data.vertebra_dataset import load_splits, volume_to_slices
 from data.vertebra_geometry import build_slice_sample
+from evaluation.synthesis_shard import INDEX_FILE as INDEX_FILE  # re-exported
+from evaluation.synthesis_shard import index_path, load_done, save_done, shard_order
 from models import create_model
 from util.geometry import PHASES, SPLIT_FILE, split_key
 from util.io import write_json_atomic
 from util.nifti_io import load_nifti
+from util.shard import Shard
 from util.volumes import write_synthesised_volumes
 
 #: Below this label agreement two volumes are not taken as crops of one spine.
 MIN_LABEL_AGREEMENT = 0.9
 #: Half width (rows) of the search around the centroid estimate of a row offset.
 OFFSET_SEARCH = 2
-INDEX_FILE = "synthesis.json"
 #: Slices in ``(composed CT (S, S) in [-1, 1], synthesised mask (S, S) bool)`` per index.
 SliceDict = dict[int, tuple[np.ndarray, np.ndarray]]
 
@@ -283,6 +285,27 @@ def _context_volumes(
     return ct_ctx, label_ctx, used
 
 
+def _synthesise_one(
+    model: Any, ds: Any, key: str, *, done: dict, out_dir: Path, iterative: bool, **kw: Any
+) -> tuple[dict[str, Any], int | None]:
+    """Synthesise ``key`` into ``out_dir``; returns its index entry and the steps run."""
+    ct_ctx, label_ctx, used = (
+        _context_volumes(ds, key, done, out_dir) if iterative else (None, None, [])
+    )
+    samples = slice_samples(ds, key, ct=ct_ctx, label=label_ctx)
+    slices, steps_run = synthesise_samples(model, samples, **kw)
+    write_synthesised_volumes(ds, {key: slices}, out_dir)
+    entry = {
+        "phase": ds.phase,
+        "grade": int(ds.grades.get(key, -1)),
+        "slices": sorted(slices),
+        "ct": f"CT/{key}.nii.gz",
+        "label": f"label/{key}.nii.gz",
+        "context": used,
+    }
+    return entry, steps_run
+
+
 def synthesise_datasets(
     model: Any,
     datasets: Sequence[Any],
@@ -294,19 +317,28 @@ def synthesise_datasets(
     steps: int | None = None,
     seed: int = 0,
     progress: bool = True,
+    shard: Shard | None = None,
+    run: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Synthesise every vertebra of ``datasets`` (``VertebraDataset``s of one data root, e.g.
     one per split), or only ``keys``, and write the volumes under ``out_dir``; ``steps``
     sampling steps per slice (``None``: the model's default), each vertebra seeded from
     ``seed`` and its id.
 
-    Returns the index (also written to ``<out_dir>/synthesis.json``): ``order``, ``iterative``,
-    ``num_inference_steps`` (steps run per slice, ``None`` for a one-pass generator) and per
-    vertebra ``{"phase", "grade", "slices", "ct", "label", "context"}`` (paths
-    relative to ``out_dir``; ``context`` lists the neighbours used with ``--iterative``).
-    ``ValueError`` when a key of ``keys`` is in none of the datasets.
+    ``shard`` (default 0/1: everything) runs only that share of the vertebrae, by patient
+    when ``iterative`` (:mod:`evaluation.synthesis_shard`); a vertebra recorded as done by a
+    run with the same fingerprint ``run`` (the caller's description of model and settings)
+    is not synthesised again.
+
+    Returns the index (also written to ``<out_dir>/synthesis.json``, or to the shard's file
+    for N > 1, which ``merge_synthesis`` combines): ``order`` (of the whole run),
+    ``iterative``, ``num_inference_steps`` (steps run per slice, ``None`` for a one-pass
+    generator) and per vertebra ``{"phase", "grade", "slices", "ct", "label", "context"}``
+    (paths relative to ``out_dir``; ``context`` lists the neighbours used with
+    ``--iterative``). ``ValueError`` when a key of ``keys`` is in none of the datasets.
     """
-    out_dir = Path(out_dir)
+    out_dir, shard = Path(out_dir), shard or Shard()
+    run = {"seed": seed, "steps": steps, "iterative": iterative, **(run or {})}
     owner: dict[str, Any] = {}
     for ds in datasets:
         for key in ds.keys():
@@ -325,36 +357,28 @@ def synthesise_datasets(
     done: dict[str, dict[str, Any]] = {}
     entries: dict[str, Any] = {}
     steps_run = None
-    for key in tqdm(order, desc="synthesis", unit="vertebra", disable=not progress):
-        ds = owner[key]
-        ct_ctx, label_ctx, used = (
-            _context_volumes(ds, key, done, out_dir) if iterative else (None, None, [])
-        )
-        samples = slice_samples(ds, key, ct=ct_ctx, label=label_ctx)
-        slices, steps_run = synthesise_samples(
-            model,
-            samples,
-            batch_size=batch_size,
-            steps=steps,
-            generator=_vertebra_generator(device, seed, key),
-        )
-        write_synthesised_volumes(ds, {key: slices}, out_dir)
-        done[key] = {"root": ds.root, "slices": sorted(slices), "fractured": grades[key] > 0}
-        entries[key] = {
-            "phase": ds.phase,
-            "grade": grades[key],
-            "slices": sorted(slices),
-            "ct": f"CT/{key}.nii.gz",
-            "label": f"label/{key}.nii.gz",
-            "context": used,
-        }
+    mine = shard_order(order, shard, iterative)
+    for key in tqdm(mine, desc=f"synthesis {shard}", unit="vertebra", disable=not progress):
+        rec = load_done(out_dir, key, run)
+        if rec is None:
+            gen = _vertebra_generator(device, seed, key)
+            entry, steps_run = _synthesise_one(
+                model, owner[key], key, done=done, out_dir=out_dir, iterative=iterative,
+                batch_size=batch_size, steps=steps, generator=gen,
+            )  # fmt: skip
+            save_done(out_dir, key, run, entry, steps_run)
+        else:
+            entry, steps_run = rec["entry"], rec["steps"]
+        entries[key] = entry
+        fractured = grades[key] > 0
+        done[key] = {"root": owner[key].root, "slices": entry["slices"], "fractured": fractured}
     index = {
         "iterative": iterative,
         "order": order,
         "num_inference_steps": steps_run,
         "vertebrae": entries,
     }
-    write_json_atomic(out_dir / INDEX_FILE, index)
+    write_json_atomic(index_path(out_dir, shard), index)
     return index
 
 
@@ -384,16 +408,36 @@ def run_synthesis(
     ids: Sequence[str] | None = None,
     iterative: bool = False,
     out: str | Path | None = None,
+    shard: Shard | None = None,
 ) -> tuple[dict[str, Any], Path]:
     """Load the model of ``opt`` (test options) and synthesise the vertebrae of ``phase``
     (``PHASES``), or only ``ids``, with :func:`synthesise_datasets` into ``out`` (default
-    ``<results_dir>/<name>/synthesis_<phase>_<epoch>/``). Returns the index, completed with
-    the run's provenance (name, generator type, data root, checkpoint), and the folder."""
+    ``<results_dir>/<name>/synthesis_<phase>_<epoch>/``), only ``shard``'s share of them
+    when given. Returns the index, completed with the run's provenance (name, generator
+    type, data root, checkpoint), and the folder."""
     datasets = datasets_for(opt, phase)
     model = create_model(opt)
     model.setup(opt)
     model.eval()
     out_dir = Path(out or Path(opt.results_dir) / opt.name / f"synthesis_{phase}_{opt.epoch}")
+    provenance = {
+        "name": opt.name,
+        "netG_type": opt.netG_type,
+        "phase": phase,
+        "dataroot": str(opt.dataroot),
+        "checkpoint": str(model.checkpoint_path(opt.epoch)),
+        "checkpoint_epoch": model.epoch,
+    }
+    ckpt = Path(provenance["checkpoint"])
+    # what makes a recorded vertebra this run's: the model, its weights file and settings
+    run = {
+        **provenance,
+        "checkpoint_mtime_ns": ckpt.stat().st_mtime_ns if ckpt.is_file() else None,
+        "precision": getattr(opt, "precision", None),
+        "num_inference_steps": getattr(opt, "num_inference_steps", None),
+        "no_ema": getattr(opt, "no_ema", None),
+    }
+    shard = shard or Shard()
     index = synthesise_datasets(
         model,
         datasets,
@@ -402,16 +446,9 @@ def run_synthesis(
         iterative=iterative,
         batch_size=opt.batch_size,
         seed=opt.seed,
+        shard=shard,
+        run=run,
     )
-    index.update(
-        {
-            "name": opt.name,
-            "netG_type": opt.netG_type,
-            "phase": phase,
-            "dataroot": str(opt.dataroot),
-            "checkpoint": str(model.checkpoint_path(opt.epoch)),
-            "checkpoint_epoch": model.epoch,
-        }
-    )
-    write_json_atomic(out_dir / INDEX_FILE, index)
+    index.update(provenance)
+    write_json_atomic(index_path(out_dir, shard), index)
     return index, out_dir

@@ -16,6 +16,7 @@ from data.vertebra_dataset import VertebraDataset
 from evaluation import grading_ceiling as GC
 from evaluation import synthesis as SY
 from evaluation import synthesis_grading as GS
+from evaluation import synthesis_shard as SS
 from evaluation.grading import grade, load_heights_table
 from models import create_model
 from options.test_options import TestOptions
@@ -404,3 +405,57 @@ def test_grade_synthesis_healthivert_protocol(tmp_path, capsys, run_script):
     assert metrics["n"] == 2 and metrics["dice"] == pytest.approx(1.0)
     assert "healthivert" in capsys.readouterr().out
     assert GS.grade_synthesis(root, syn, out)["protocol"] == "ours"
+
+
+# ----------------------------------------------------------------------------- sharded synthesis
+def _files(out: Path) -> dict[str, bytes]:
+    """Decoded volumes of ``out`` (CT/, label/) by relative path."""
+    return {
+        str(p.relative_to(out)): load_nifti(p)[0].tobytes() for p in sorted(out.glob("*/*.nii.gz"))
+    }
+
+
+@pytest.mark.parametrize("iterative", [False, True])
+def test_two_shards_and_merge_equal_one_process(phantom, tmp_path, run_script, iterative):
+    argv = _untrained_checkpoint(phantom, tmp_path / "ckpt")
+    args = ["--phase", "train", "--ids", ",".join(IDS)] + (["--iterative"] if iterative else [])
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert run_script("synthesize_volume", argv + args + ["--out", str(one)]) == 0
+    for i in range(2):
+        assert (
+            run_script("synthesize_volume", argv + args + ["--out", str(two), "--shard", f"{i}/2"])
+            == 0
+        )
+    parts = [json.loads((two / f"synthesis_shard_{i}of2.json").read_text()) for i in range(2)]
+    sizes = sorted(len(p["vertebrae"]) for p in parts)
+    assert sizes == ([0, 3] if iterative else [1, 2])  # iterative: by patient (one here)
+    assert not (two / SY.INDEX_FILE).exists()
+    assert run_script("synthesize_volume", ["--merge", "--out", str(two)]) == 0
+    index_one = json.loads((one / SY.INDEX_FILE).read_text())
+    index_two = json.loads((two / SY.INDEX_FILE).read_text())
+    assert index_two == index_one
+    assert list(index_two["vertebrae"]) == index_one["order"]
+    assert _files(two) == _files(one) and len(_files(one)) == 6
+
+
+def test_restarted_shard_skips_finished_vertebrae(phantom, tmp_path, run_script):
+    argv = _untrained_checkpoint(phantom, tmp_path / "ckpt")
+    out = tmp_path / "syn"
+    args = argv + ["--phase", "train", "--ids", ",".join(IDS), "--out", str(out)]
+    assert run_script("synthesize_volume", args + ["--shard", "0/2"]) == 0
+    mine = json.loads((out / "synthesis_shard_0of2.json").read_text())["vertebrae"]
+    kept, redo = sorted(mine)
+    stamp = {k: (out / "CT" / f"{k}.nii.gz").stat().st_mtime_ns for k in mine}
+    (out / "label" / f"{redo}.nii.gz").unlink()  # as if killed while writing it
+    assert run_script("synthesize_volume", args + ["--shard", "0/2"]) == 0
+    assert (out / "CT" / f"{kept}.nii.gz").stat().st_mtime_ns == stamp[kept]  # skipped
+    assert (out / "CT" / f"{redo}.nii.gz").stat().st_mtime_ns != stamp[redo]  # redone
+    assert (out / "label" / f"{redo}.nii.gz").is_file()
+    again = json.loads((out / "synthesis_shard_0of2.json").read_text())["vertebrae"]
+    assert again == mine
+    # another seed is another run: nothing is skipped
+    assert run_script("synthesize_volume", args + ["--shard", "0/2", "--seed", "1"]) == 0
+    assert (out / "CT" / f"{kept}.nii.gz").stat().st_mtime_ns != stamp[kept]
+    # the merge needs every shard
+    with pytest.raises(FileNotFoundError, match="synthesis_shard_1of2.json"):
+        SS.merge_synthesis(out)

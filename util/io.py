@@ -46,3 +46,16 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
     """Write ``obj`` as JSON to ``path`` atomically."""
     write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
+
+
+def read_json_record(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or None when the file is missing or not a valid JSON
+    object (a resume record that cannot be trusted is treated as absent)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return obj if isinstance(obj, dict) else None
