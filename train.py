@@ -50,6 +50,7 @@ VALIDATION_KEYS = (
     "rhdr_head",
     "fill_ssim_patch",
     "fill_l1_patch",
+    "hf_ratio",
     "const_rhdr",
 )
 
