@@ -47,16 +47,18 @@ def step_sweep(
     steps_list: Sequence[int] = (1, 2, 4, 8, 16, 25, 50),
     batch_size: int = 8,
     seed: int = 0,
+    max_batches: int | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (sampler, steps): :func:`summary_row` plus ``sampler``, ``steps`` and
-    ``seconds_per_slice``. The same seed (initial noise) for every row."""
+    ``seconds_per_slice``, on the first ``max_batches`` batches (None: all). The same seed
+    (initial noise) for every row."""
     table = []
     for name in samplers:
         set_sampler(model, name)
         for steps in steps_list:
             res = evaluate(
                 model, dataset, batch_size=batch_size, steps=int(steps), seed=seed,
-                desc=f"{name} {steps} steps",
+                max_batches=max_batches, desc=f"{name} {steps} steps",
             )  # fmt: skip
             row = {"sampler": name, "steps": int(steps), **summary_row(res.rows)}
             row["seconds_per_slice"] = res.seconds / max(len(res.rows), 1)

@@ -112,7 +112,7 @@ class DiffusionGenerator(Generator):
         num_samples: int = 1,
         snr_gamma: float = 5.0,
         weighting: str = "minsnr1",
-        residual: str = "stage1",
+        residual: str = "fill",
         residual_scale: float = 0.1,
         stage1_cnum: int = 16,
         image_grad: str = "stage1",

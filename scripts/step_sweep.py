@@ -6,9 +6,9 @@ Example::
         --netG_type diffusion --img_size 64 --gpu_ids -1 --phase test \
         [--samplers ddim,dpmsolver++] [--steps 1,2,4,8,16,25,50] [--out sweep]
 
-Every flag of ``test.py`` is accepted. Writes ``<out>.json`` and ``<out>.md`` (default
-``<results_dir>/<name>/step_sweep_<phase>``) and prints the table; library:
-``evaluation/step_sweep.py``.
+Every flag of ``test.py`` is accepted (``--num_test N``: the first N batches only). Writes
+``<out>.json`` and ``<out>.md`` (default ``<results_dir>/<name>/step_sweep_<phase>``) and
+prints the table; library: ``evaluation/step_sweep.py``.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         steps_list=args.steps,
         batch_size=opt.batch_size,
         seed=opt.seed,
+        max_batches=opt.num_test,
     )
     out = Path(args.out or Path(opt.results_dir) / opt.name / f"step_sweep_{opt.phase}")
     out.parent.mkdir(parents=True, exist_ok=True)
