@@ -106,7 +106,7 @@ class DiffusionGenerator(Generator):
         prediction_type: str = "v_prediction",
         timestep_spacing: str = "trailing",
         zero_terminal_snr: bool = True,
-        num_inference_steps: int = 4,
+        num_inference_steps: int = 2,
         sampler: str = "ddim",
         eta: float = 0.0,
         num_samples: int = 1,
@@ -422,8 +422,10 @@ class DiffusionGenerator(Generator):
     ) -> SampleOutput:
         """Inpaint the band with ``steps`` sampler steps (default: ``default_steps``) of
         ``--sampler``, see :func:`models.sampling.inpaint`; the sample is ``mu`` plus the
-        scaled residual. Under an outer autocast the U-Nets run in reduced precision and their
-        outputs return to the sample's dtype for the scheduler."""
+        scaled residual. Segmentations and heights: one more denoiser call at t = 0 on the
+        sample (:meth:`_heads_on_sample`), or stage 1's. Under an outer autocast the U-Nets
+        run in reduced precision and their outputs return to the sample's dtype for the
+        scheduler."""
         self._check_input(inp)
         steps = self.default_steps if steps is None else int(steps)
         k, b = self.num_samples, inp.masked_ct.shape[0]
@@ -455,7 +457,9 @@ class DiffusionGenerator(Generator):
             generator=generator,
             to_image=lambda z: self._to_image(z, mu, rep.masked_ct, mask_k),
         )
-        if s1 is not None:  # stage 1 is deterministic: its k copies are equal
+        if s1 is None:
+            res = self._heads_on_sample(res, inp, mu[:b], cond[:b])
+        else:  # stage 1 is deterministic: its k copies are equal
             f = inp.masked_ct.dtype
             res = res._replace(
                 outputs=res.outputs._replace(
@@ -468,6 +472,21 @@ class DiffusionGenerator(Generator):
                 height_std=None if res.height_std is None else torch.zeros_like(res.height_std),
             )
         return res._replace(steps=steps)
+
+    def _heads_on_sample(
+        self, res: SampleOutput, inp: GeneratorInput, mu: Tensor, cond: Tensor
+    ) -> SampleOutput:
+        """Segmentations and heights from one more denoiser call at t = 0 on the final (mean)
+        sample: the last sampler step runs at t = T/n - 1 (trailing), too noisy for the heads
+        at few steps (64 px, 1 / 2 DDIM steps: Dice 0.53 / 0.66, RHDR 82 / 40 % without it)."""
+        o = res.outputs
+        mask = inp.band_mask.to(inp.masked_ct.dtype)
+        z = self._to_z(o.x_stage2, mu, inp.masked_ct, mask)
+        t0 = torch.zeros(z.shape[0], dtype=torch.long, device=z.device)
+        h = self._denoise(z, t0, inp, cond)
+        f = o.x_stage2.dtype
+        heads = {k: getattr(h, k).to(f) for k in ("coarse_seg", "fine_seg", "pred1_h", "pred2_h")}
+        return res._replace(outputs=o._replace(**heads))
 
 
 def _constructor_defaults() -> dict[str, object]:
