@@ -38,6 +38,7 @@ HEADLINE = (
     "iou",
     "rhdr",
     "rhdr_head",
+    "hf_ratio",
 )
 
 

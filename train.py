@@ -50,6 +50,7 @@ VALIDATION_KEYS = (
     "rhdr_head",
     "fill_ssim_patch",
     "fill_l1_patch",
+    "hf_ratio",
     "const_rhdr",
 )
 
@@ -111,6 +112,7 @@ def train(opt) -> int:
     if validator is not None and opt.epoch_count == 1:
         # the untrained model's scores: the starting point of the validation curve
         visualizer.log_metrics(0, {f"val_{k}": v for k, v in validator(0, keep_best=False).items()})
+    train_start = time.time()
     epochs = tqdm(
         range(opt.epoch_count, last_epoch + 1),
         desc="epochs",
@@ -154,6 +156,14 @@ def train(opt) -> int:
         model.save_networks(label)
         lr = model.update_learning_rate()
         epochs.set_postfix(lr=f"{lr:.2e}", sec=f"{time.time() - epoch_start:.0f}")
+        minutes = (time.time() - train_start) / 60.0
+        if opt.max_train_minutes > 0 and minutes >= opt.max_train_minutes and epoch < last_epoch:
+            message = (
+                f"stopped after epoch {epoch} of {last_epoch}: {minutes:.2f} min of training "
+                f"reached --max_train_minutes {opt.max_train_minutes:g}; checkpoint 'latest' saved"
+            )
+            visualizer.print_message(message)
+            break
     print(f"done: checkpoints and report in {model.save_dir}")
     return 0
 

@@ -9,6 +9,11 @@ A trivial baseline (the band filled with the mean of the rows just above and bel
 composed at the measured height) is scored beside it on the same slices (``fill_*``), and a
 constant height predictor beside the height measures (``const_rhdr``).
 
+Texture: ``hf_ratio`` is the band's high-frequency energy relative to the truth's (the mean
+squared Laplacian inside the truth's band rows; a Laplacian-energy sharpness measure, cf. the
+variance-of-Laplacian focus measure of Pech-Pacheco et al. 2000): 1 = truth-like texture,
+<< 1 = blurred (a posterior mean), >> 1 = noise; :func:`pooled_hf_ratio` pools it over slices.
+
 Heights: ``rhdr`` compares the synthesised vertebra mask's height with the truth (as the
 original measures it); ``rhdr_head`` the height SHRM restored from the height head.
 """
@@ -160,6 +165,11 @@ def _slice_row(
     row["height_gt_px"] = h_gt
     if arr.h_std is not None:
         row["height_std_px"] = float(arr.h_std[j] * arr.h2)
+    e_truth = hf_energy(truth_b, x1, x2)
+    row["hf_energy_truth"] = e_truth
+    for prefix, img in (("", fake), ("fill_", arr.base[j])):
+        row[f"{prefix}hf_energy"] = hf_energy(img, x1, x2)
+        row[f"{prefix}hf_ratio"] = row[f"{prefix}hf_energy"] / max(e_truth, 1e-12)
     fill = slice_metrics(arr.base[j], truth_b, truth_m, truth_m, band)
     for k in ("ssim_patch", "psnr_patch", "ssim_global", "psnr_global"):
         row[f"fill_{k}"] = fill[k]
@@ -232,6 +242,21 @@ def evaluate(
         for r in result.rows:
             r["const_rhdr"] = float(rhdr(mean_h, r["height_gt_px"]))
     return result
+
+
+def hf_energy(img: np.ndarray, x1: int, x2: int) -> float:
+    """High-frequency energy of the band of a (H, W) slice: the mean squared Laplacian
+    (``scipy.ndimage.laplace``) on rows ``x1 + 1 .. x2 - 1`` and columns ``1 .. W - 2`` (inside
+    the band, away from its borders and the image edge)."""
+    lap = ndimage.laplace(img.astype(np.float64))
+    return float((lap[x1 + 1 : x2, 1:-1] ** 2).mean())
+
+
+def pooled_hf_ratio(rows: list[dict[str, Any]], prefix: str = "") -> float:
+    """Band high-frequency energy of the output (``prefix="fill_"``: of the fill baseline)
+    summed over slices, over the truth's: the texture measure of docs/BENCHMARKS.md."""
+    truth = sum(r["hf_energy_truth"] for r in rows)
+    return sum(r[f"{prefix}hf_energy"] for r in rows) / truth if truth > 0 else math.nan
 
 
 def mask_height(mask: np.ndarray) -> float:

@@ -118,8 +118,17 @@ class DiffusionUNet(nn.Module):
     Any H, W that are multiples of 8 work (e.g. a band crop of 96 x 256).
     """
 
-    def __init__(self, in_channels: int = IN_CHANNELS, cnum: int = 32, time_dim: int = 32) -> None:
+    def __init__(
+        self,
+        in_channels: int = IN_CHANNELS,
+        cnum: int = 32,
+        time_dim: int = 32,
+        head_grad_scale: float = 1.0,
+    ) -> None:
         super().__init__()
+        #: factor on the gradient the auxiliary heads (x0_coarse, segmentations, heights) send
+        #: into the shared trunk: 1 = plain, 0 = the heads are probes on detached features.
+        self.head_grad_scale = float(head_grad_scale)
         c1, c2, c3, c4 = cnum, 2 * cnum, 4 * cnum, 8 * cnum
         emb = 4 * cnum
         self.time_dim = time_dim
@@ -184,9 +193,12 @@ class DiffusionUNet(nn.Module):
         d0 = self.dec0(torch.cat([_up(self.up0(d1)), s0], dim=1), emb)
 
         size = (h_in, w_in)
+        model_output = self.out(F.silu(self.out_norm(d0)))
+        if self.head_grad_scale != 1.0:
+            m, d2, d1, d0 = (_scale_grad(f, self.head_grad_scale) for f in (m, d2, d1, d0))
         x0_coarse = self.coarse_out(F.silu(self.coarse_norm(d1)))
         return UNetOutput(
-            model_output=self.out(F.silu(self.out_norm(d0))),
+            model_output=model_output,
             x0_coarse=F.interpolate(x0_coarse, size=size, mode="bilinear", align_corners=False),
             coarse_seg=torch.sigmoid(
                 F.interpolate(self.coarse_seg(d1), size=size, mode="bilinear", align_corners=False)
@@ -195,6 +207,13 @@ class DiffusionUNet(nn.Module):
             pred1_h=self.height1(m),
             pred2_h=self.height2(d2),
         )
+
+
+def _scale_grad(x: Tensor, k: float) -> Tensor:
+    """Identity forward; backward multiplies the gradient by ``k`` (0 = detach)."""
+    if k == 0.0:
+        return x.detach()
+    return x * k + x.detach() * (1.0 - k)
 
 
 def _up(x: Tensor) -> Tensor:

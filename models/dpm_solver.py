@@ -6,8 +6,9 @@ Probabilistic Models", arXiv:2211.01095, Algorithm 2) integrates the diffusion O
 ``lambda = log(alpha_t / sigma_t)`` with a second-order multistep formula on the *data*
 prediction (x0), which is what makes it accurate in 5-20 steps. The numbers match diffusers'
 ``DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2,
-solver_type="midpoint", lower_order_final=True, final_sigmas_type="zero",
-timestep_spacing="linspace")`` (a test checks every step against it; diffusers is test-only).
+solver_type="midpoint", lower_order_final=True, final_sigmas_type="zero")`` with the same
+``timestep_spacing`` (and ``rescale_betas_zero_snr``) as our scheduler (a test checks every
+step against it; diffusers is test-only).
 
 Notation (VP process): ``alpha_t = sqrt(a_bar_t)``, ``sigma_t = sqrt(1 - a_bar_t)``,
 ``lambda_t = log(alpha_t) - log(sigma_t)``; the last step goes to ``sigma = 0`` (x = x0).
@@ -21,13 +22,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from models.noise_scheduler import DDPMScheduler, SchedulerOutput
+from models.noise_scheduler import DDPMScheduler, SchedulerOutput, spaced_timesteps
 
 SAMPLERS = ("ddim", "dpmsolver++")
 
 
 class DDIMSampler:
-    """DDIM (Song et al. 2021, eq. 12) as a sampler: leading spacing, ``eta`` stochasticity."""
+    """DDIM (Song et al. 2021, eq. 12) as a sampler: the scheduler's spacing, ``eta``
+    stochasticity."""
 
     def __init__(self, scheduler: DDPMScheduler, eta: float = 0.0) -> None:
         if eta < 0:
@@ -72,15 +74,15 @@ class DPMSolverMultistep:
     def set_timesteps(
         self, num_inference_steps: int, device: torch.device | str | None = None
     ) -> None:
-        """``n`` timesteps spaced evenly over ``[0, T - 1]`` ("linspace", from ``T - 1`` down),
-        and their noise levels ``sigma = sqrt((1 - a_bar) / a_bar)`` followed by 0."""
+        """``n`` timesteps with the scheduler's ``timestep_spacing``
+        (:func:`~models.noise_scheduler.spaced_timesteps`), and their noise levels
+        ``sigma = sqrt((1 - a_bar) / a_bar)`` followed by 0. A zero-terminal-SNR schedule
+        (a_bar_{T-1} = 0, infinite sigma) uses ``a_bar = 2**-24`` there, as diffusers does."""
         n = int(num_inference_steps)
-        total = len(self.scheduler)
-        if not 1 <= n <= total:
-            raise ValueError(f"num_inference_steps must be in [1, {total}], got {n}")
-        steps = np.linspace(0, total - 1, n + 1).round()[::-1][:-1].astype(np.int64)
-        a_bar = self.scheduler.alphas_cumprod.double().numpy()
-        self.sigmas = np.append(np.sqrt((1 - a_bar[steps]) / a_bar[steps]), 0.0)
+        steps = spaced_timesteps(len(self.scheduler), n, self.scheduler.timestep_spacing).numpy()
+        a_bar = self.scheduler.alphas_cumprod.double().numpy()[steps]
+        a_bar = np.where(a_bar > 0, a_bar, 2.0**-24)
+        self.sigmas = np.append(np.sqrt((1 - a_bar) / a_bar), 0.0)
         self.timesteps = torch.from_numpy(steps.copy()).to(device)
         self._index = 0
         self._last_x0 = None

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -59,6 +60,43 @@ def cosine_betas(num_train_timesteps: int, max_beta: float = 0.999) -> Tensor:
     return torch.tensor(betas, dtype=torch.float32)
 
 
+#: How n inference timesteps are spread over [0, T - 1] (see :func:`spaced_timesteps`).
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+
+
+def spaced_timesteps(num_train_timesteps: int, n: int, spacing: str) -> Tensor:
+    """The ``n`` inference timesteps (descending, int64) of every sampler: the one place the
+    spacing is defined (DDIM and DPM-Solver++ both read it through the scheduler).
+
+    * ``leading``: ``k * (T // n)``, e.g. T = 1000, n = 4: [750, 500, 250, 0] (never t = T-1);
+    * ``trailing``: ``round(T - k T / n) - 1``: [999, 749, 499, 249] (Lin et al. 2024, sec. 3.3);
+    * ``linspace``: ``round(linspace(0, T - 1, n + 1))[::-1][:-1]``: [999, 749, 500, 250]
+      (diffusers' ``"linspace"``, the spacing of the DPM-Solver++ oracle test).
+    """
+    T = int(num_train_timesteps)
+    if not 1 <= n <= T:
+        raise ValueError(f"num_inference_steps must be in [1, {T}], got {n}")
+    if spacing == "trailing":
+        return torch.round(torch.arange(T, 0, -T / n, dtype=torch.float64)).long() - 1
+    if spacing == "linspace":
+        return torch.from_numpy(np.linspace(0, T - 1, n + 1).round()[::-1][:-1].copy()).long()
+    if spacing == "leading":
+        return torch.arange(n - 1, -1, -1, dtype=torch.int64) * (T // n)
+    raise ValueError(f"unknown timestep_spacing {spacing!r}; choose one of: {TIMESTEP_SPACINGS}")
+
+
+def zero_terminal_snr_betas(betas: Tensor) -> Tensor:
+    """Betas whose a_bar ends at exactly 0 (Lin et al. 2024, "Common diffusion noise schedules
+    and sample steps are flawed", Algorithm 1): shift and scale sqrt(a_bar) so that its last
+    value is 0 and its first unchanged."""
+    a_bar_sqrt = torch.cumprod(1.0 - betas.double(), dim=0).sqrt()
+    first, last = a_bar_sqrt[0].clone(), a_bar_sqrt[-1].clone()
+    a_bar_sqrt = (a_bar_sqrt - last) * first / (first - last)
+    a_bar = a_bar_sqrt**2
+    alphas = torch.cat([a_bar[:1], a_bar[1:] / a_bar[:-1]])
+    return (1.0 - alphas).float()
+
+
 class DDPMScheduler:
     """Noise schedule for DDPM training and DDPM / DDIM sampling.
 
@@ -72,6 +110,14 @@ class DDPMScheduler:
         clip_sample: clamp the predicted x0 to ``[-clip_sample_range, clip_sample_range]`` in
             :meth:`predict_x0`, :meth:`step` and :meth:`ddim_step`.
         clip_sample_range: see ``clip_sample``.
+        timestep_spacing: ``"leading"`` (``k * T // n``: never visits t = T - 1, so the first
+            DDIM step gets pure noise at a timestep whose training inputs still hold signal) or
+            ``"trailing"`` (``T - 1 - k * T / n``: starts at t = T - 1; Lin et al. 2024, sec. 3.3)
+            or ``"linspace"``; see :func:`spaced_timesteps`. Both samplers of
+            :mod:`models.dpm_solver` use it.
+        rescale_zero_terminal_snr: rescale the betas so that a_bar_{T-1} = 0 (Lin et al. 2024,
+            Alg. 1): training at t = T - 1 then sees pure noise, as sampling does. Needs
+            ``v_prediction`` or ``sample`` (eps cannot give x0 at SNR 0).
     """
 
     def __init__(
@@ -83,6 +129,8 @@ class DDPMScheduler:
         prediction_type: str = "epsilon",
         clip_sample: bool = True,
         clip_sample_range: float = 1.0,
+        timestep_spacing: str = "leading",
+        rescale_zero_terminal_snr: bool = False,
     ) -> None:
         if num_train_timesteps < 1:
             raise ValueError(f"num_train_timesteps must be >= 1, got {num_train_timesteps}")
@@ -100,6 +148,17 @@ class DDPMScheduler:
             raise ValueError(f"need 0 < beta_start < beta_end < 1, got {beta_start}, {beta_end}")
         if clip_sample_range <= 0:
             raise ValueError(f"clip_sample_range must be > 0, got {clip_sample_range}")
+        if timestep_spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(
+                f"unknown timestep_spacing {timestep_spacing!r}; "
+                f"choose one of: {', '.join(TIMESTEP_SPACINGS)}"
+            )
+        if rescale_zero_terminal_snr and prediction_type == "epsilon":
+            raise ValueError(
+                "rescale_zero_terminal_snr needs prediction_type v_prediction or sample"
+            )
+        self.timestep_spacing = timestep_spacing
+        self.rescale_zero_terminal_snr = bool(rescale_zero_terminal_snr)
         self.num_train_timesteps = int(num_train_timesteps)
         self.beta_schedule = beta_schedule
         self.prediction_type = prediction_type
@@ -113,6 +172,8 @@ class DDPMScheduler:
             )
         else:
             betas = cosine_betas(self.num_train_timesteps)
+        if self.rescale_zero_terminal_snr:
+            betas = zero_terminal_snr_betas(betas)
         self.betas: Tensor = betas
         # 2. a_t = 1 - beta_t and a_bar_t = prod_{s <= t} a_s (DDPM eq. 4).
         self.alphas: Tensor = 1.0 - betas
@@ -161,6 +222,13 @@ class DDPMScheduler:
         if self.num_inference_steps is None:
             return 1
         return self.num_train_timesteps // self.num_inference_steps
+
+    def prev_timestep(self, t: Tensor) -> Tensor:
+        """The inference timestep after ``t`` (-1 after the last one); needs set_timesteps."""
+        table = getattr(self, "_prev_table", None)
+        if table is None:
+            return t - self.step_ratio
+        return table.to(t.device)[t]
 
     # ------------------------------------------------------------- forward process
     def add_noise(self, x0: Tensor, noise: Tensor, t: int | Tensor) -> Tensor:
@@ -243,20 +311,17 @@ class DDPMScheduler:
     def set_timesteps(
         self, num_inference_steps: int, device: torch.device | str | None = None
     ) -> None:
-        """Choose ``num_inference_steps`` evenly spaced timesteps ("leading" spacing).
-
-        ``timesteps = [k * (T // n) for k in range(n)]`` in descending order, e.g. T = 1000,
-        n = 4 gives [750, 500, 250, 0]. Sets ``self.timesteps`` (int64, on ``device``).
-        """
+        """Choose ``num_inference_steps`` timesteps with the scheduler's ``timestep_spacing``
+        (:func:`spaced_timesteps`). Sets ``self.timesteps`` (int64, on ``device``)."""
         n = int(num_inference_steps)
-        if not 1 <= n <= self.num_train_timesteps:
-            raise ValueError(
-                f"num_inference_steps must be in [1, {self.num_train_timesteps}], "
-                f"got {num_inference_steps}"
-            )
+        ts = spaced_timesteps(self.num_train_timesteps, n, self.timestep_spacing)
         self.num_inference_steps = n
-        ratio = self.num_train_timesteps // n
-        self.timesteps = (torch.arange(n - 1, -1, -1, dtype=torch.int64) * ratio).to(device)
+        T = self.num_train_timesteps
+        self.timesteps = ts.to(device)
+        # t -> the next (smaller) inference timestep, -1 after the last (a_bar = 1).
+        prev = torch.arange(T, dtype=torch.int64) - T // n
+        prev[ts] = torch.cat([ts[1:], torch.tensor([-1])])
+        self._prev_table = prev
 
     def _noise(
         self, like: Tensor, generator: torch.Generator | None, variance_noise: Tensor | None
@@ -299,7 +364,7 @@ class DDPMScheduler:
         t = self._timesteps(t, x_t)
         # 1. alphas and betas of the (possibly strided) step t -> t_prev.
         a_t = self._a_bar(t, x_t)
-        a_prev = self._a_bar(t - self.step_ratio, x_t)
+        a_prev = self._a_bar(self.prev_timestep(t), x_t)
         beta_prod_t, beta_prod_prev = 1 - a_t, 1 - a_prev
         alpha_t = a_t / a_prev
         beta_t = 1 - alpha_t
@@ -343,7 +408,7 @@ class DDPMScheduler:
         t = self._timesteps(t, x_t)
         # 1. a_bar_t and a_bar_{t_prev} (a_bar = 1 before the first timestep: set_alpha_to_one).
         a_t = self._a_bar(t, x_t)
-        a_prev = self._a_bar(t - self.step_ratio, x_t)
+        a_prev = self._a_bar(self.prev_timestep(t), x_t)
         # 2. predicted x0 "f_theta(x_t)" and eps (DDIM eq. 9 / 12), x0 clipped.
         x0, eps = self._x0_and_eps(model_output, a_t, x_t)
         x0 = self._clip(x0)

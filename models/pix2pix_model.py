@@ -114,8 +114,8 @@ class Pix2PixModel(BaseModel):
             type=int,
             default=None,
             help="sampling steps per slice at inference (validation, test.py, whole-vertebra "
-            "synthesis); default: the generator's own (diffusion: 25, and 10 for validation "
-            "during training); one-pass generators (gan) ignore it",
+            "synthesis); default: the generator's own (diffusion: see DIFFUSION_QUICKSTART.md); "
+            "one-pass generators (gan) ignore it",
         )
         g.add_argument(
             "--ema_decay",

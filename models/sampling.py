@@ -1,7 +1,8 @@
-"""DDIM inpainting: iterate the denoiser on the band, keep the known context clean.
+"""Inpainting sampler loop: iterate the denoiser on the band, keep the known context clean.
 
-The process is separate from the network (guided-diffusion style): :func:`ddim_inpaint` takes
-the denoiser as a callable and the :class:`~models.noise_scheduler.DDPMScheduler` as arguments,
+The process is separate from the network (guided-diffusion style): :func:`inpaint` takes
+the denoiser as a callable and a sampler of :mod:`models.dpm_solver` (DDIM or DPM-Solver++,
+on a :class:`~models.noise_scheduler.DDPMScheduler`) as arguments,
 and works on images in "A geometry" (band of rows to synthesise, ``band_mask = 1``; context
 around it known).
 """
@@ -14,8 +15,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from models.dpm_solver import DDIMSampler, DPMSolverMultistep
 from models.generator_base import GeneratorOutput, SampleOutput
-from models.noise_scheduler import DDPMScheduler
 
 
 class DenoiserOutput(NamedTuple):
@@ -51,19 +52,19 @@ def _randn(shape: tuple[int, ...], generator: torch.Generator | None, like: Tens
 
 
 @torch.no_grad()
-def ddim_inpaint(
+def inpaint(
     model: Denoiser,
-    scheduler: DDPMScheduler,
+    sampler: DDIMSampler | DPMSolverMultistep,
     context: Tensor,
     band_mask: Tensor,
     *,
-    num_inference_steps: int = 25,
-    eta: float = 0.0,
+    num_inference_steps: int = 4,
     num_samples: int = 1,
     generator: torch.Generator | None = None,
     callback: StepCallback | None = None,
+    to_image: Callable[[Tensor], Tensor] | None = None,
 ) -> SampleOutput:
-    """Sample the band with DDIM, re-imposing the clean context after every step.
+    """Sample the band with ``sampler``, re-imposing the clean context after every step.
 
     The denoiser is trained on inputs whose known region holds the *clean* context (not a noised
     copy), so here too every x_t keeps the clean context outside the band.
@@ -72,14 +73,17 @@ def ddim_inpaint(
         model: the denoiser. With ``num_samples = K`` it is called on batches of ``K * B``
             slices ordered sample-major (row ``k * B + b`` is draw ``k`` of slice ``b``); a
             conditioning it closes over must be repeated the same way (``x.repeat(K, 1, 1, 1)``).
-        scheduler: the noise schedule; :meth:`~DDPMScheduler.set_timesteps` is called on it.
+        sampler: :func:`models.dpm_solver.make_sampler`'s DDIM (with its ``eta``) or
+            DPM-Solver++(2M); its ``set_timesteps`` is called here (the timesteps follow the
+            scheduler's ``timestep_spacing``).
         context: (B, 1, H, W) masked CT in [-1, 1] (band content ignored).
         band_mask: (B, 1, H, W) in {0, 1}, 1 = band to synthesise.
-        num_inference_steps: number of DDIM steps (evenly spaced timesteps).
-        eta: DDIM stochasticity (0 = deterministic given the initial noise).
+        num_inference_steps: number of sampler steps (denoiser calls).
         num_samples: K draws per slice, run as one batch; outputs are their mean.
-        generator: seeds the initial noise (and the step noise when ``eta > 0``).
+        generator: seeds the initial noise (and DDIM's step noise when ``eta > 0``).
         callback: optional progress hook, see :data:`StepCallback`.
+        to_image: maps a (K * B, 1, H, W) diffusion-space slice (the band in the space the
+            scheduler works in, e.g. a scaled residual) to image space; default identity.
 
     Returns:
         :class:`SampleOutput`. ``x_stage1`` is the composed x0 estimate at the middle step of the
@@ -101,8 +105,8 @@ def ddim_inpaint(
     ctx = context.repeat(k, 1, 1, 1)
     mask = band_mask.to(context.dtype).repeat(k, 1, 1, 1)
 
-    scheduler.set_timesteps(num_inference_steps, device=context.device)
-    timesteps = scheduler.timesteps.tolist()
+    sampler.set_timesteps(num_inference_steps, device=context.device)
+    timesteps = sampler.timesteps.tolist()
     mid = len(timesteps) // 2
 
     # 1. x_T: N(0, I) in the band, clean context outside.
@@ -113,9 +117,11 @@ def ddim_inpaint(
         t_batch = torch.full((ctx.shape[0],), t, dtype=torch.long, device=ctx.device)
         # 2. predict eps / v / x0 at (x_t, t).
         out = model(x, t_batch)
-        # 3. DDIM eq. 12: x_{t_prev} and the clipped x0 estimate.
-        step = scheduler.ddim_step(out.model_output, t, x, eta=eta, generator=generator)
+        # 3. one sampler step: x_{t_prev} and the (clipped) x0 estimate.
+        step = sampler.step(out.model_output, t, x, generator=generator)
         x0 = compose(step.pred_original_sample, ctx, mask)
+        if to_image is not None:
+            x0 = to_image(x0)
         if i == mid:
             x_stage1 = x0
         # 4. Re-impose the known region: clean context, as in training.
@@ -124,8 +130,8 @@ def ddim_inpaint(
             callback(i, t, x, x0)
     assert out is not None  # at least one step ran (set_timesteps checks n >= 1)
 
-    # The last step lands on a_bar = 1, so x is the clipped x0 estimate; clamp for safety.
-    x_stage2 = x.clamp(-1.0, 1.0)
+    # The last step lands on a_bar = 1, so x is the x0 estimate; clamp for safety.
+    x_stage2 = (x if to_image is None else to_image(x)).clamp(-1.0, 1.0)
     x_stage1 = x_stage1.clamp(-1.0, 1.0)
     h, w = context.shape[-2:]
     flow = torch.zeros(b, 2, h, w, dtype=context.dtype, device=context.device)

@@ -44,6 +44,13 @@ class TrainOptions(BaseOptions):
             help="resume from the --epoch checkpoint (networks, optimisers, "
             "schedulers, EMA, RNG states)",
         )
+        g.add_argument(
+            "--max_train_minutes",
+            type=float,
+            default=0.0,
+            help="wall-clock budget: stop at the first epoch end past it (checkpoint 'latest' "
+            "saved, the loss log says so); 0 = no limit",
+        )
         g.add_argument("--lr", type=float, default=2e-4, help="initial Adam learning rate")
         g.add_argument("--beta1", type=float, default=0.5, help="Adam beta1")
         g.add_argument(

@@ -10,9 +10,10 @@ from torch import nn
 
 from models.diffusion_generator import DiffusionGenerator, crop_rows_for
 from models.diffusion_unet import DiffusionUNet, timestep_embedding
+from models.dpm_solver import DDIMSampler
 from models.generator_base import GeneratorInput, find_generator
 from models.noise_scheduler import DDPMScheduler
-from models.sampling import DenoiserOutput, ddim_inpaint
+from models.sampling import DenoiserOutput, inpaint
 from util.geometry import band_rows
 
 
@@ -36,6 +37,20 @@ def _randomize(net: nn.Module, seed: int = 0) -> None:
         for p in net.parameters():
             if p.dim() > 1 and not p.any():
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+#: The pre-issue-12 design (eps on the band itself, leading DDIM, Min-SNR, image losses on the
+#: denoiser): the constructor defaults moved to the residual design on purpose; tests that pin
+#: the eps arithmetic ask for this design explicitly.
+EPS_DESIGN = dict(
+    prediction_type="epsilon",
+    zero_terminal_snr=False,
+    timestep_spacing="leading",
+    weighting="minsnr",
+    residual="none",
+    image_grad="both",
+    head_grad_scale=1.0,
+)
 
 
 def _gen(size: int = 64, **kw) -> DiffusionGenerator:
@@ -145,7 +160,7 @@ def _check_seven(out, inp: GeneratorInput, b: int, s: int) -> None:
 
 
 def test_training_forward_contract_loss_and_weights():
-    gen = _gen(snr_gamma=5.0)
+    gen = _gen(snr_gamma=5.0, **EPS_DESIGN)
     inp, target = _batch(b=3)
     res = gen.training_forward(inp, target, generator=torch.Generator().manual_seed(7))
     _check_seven(res.outputs, inp, 3, 64)
@@ -169,7 +184,7 @@ def test_training_forward_contract_loss_and_weights():
 
 
 def test_training_reduces_diffusion_loss():
-    gen = _gen(size=32, prediction_type="epsilon")
+    gen = _gen(size=32, **EPS_DESIGN)
     inp, target = _batch(size=32, b=2)
 
     def loss() -> float:
@@ -257,8 +272,8 @@ def test_sampler_with_oracle_denoiser_recovers_the_target():
         h = torch.full((x_t.shape[0], 1), 0.5)
         return DenoiserOutput(eps, torch.zeros_like(x_t), torch.ones_like(x_t), h, h)
 
-    res = ddim_inpaint(
-        oracle, sched, ctx, mask, num_inference_steps=10, num_samples=2,
+    res = inpaint(
+        oracle, DDIMSampler(sched), ctx, mask, num_inference_steps=10, num_samples=2,
         generator=torch.Generator().manual_seed(0),
         callback=lambda i, t, x, x0: calls.append((i, t)),
     )  # fmt: skip
@@ -273,15 +288,15 @@ def test_options_registry_and_crop():
     assert find_generator("diffusion") is DiffusionGenerator
     parser = DiffusionGenerator.modify_commandline_options(argparse.ArgumentParser(), True)
     opt = parser.parse_args(["--diffusion_beta_schedule", "cosine", "--prediction_type", "sample"])
-    assert (opt.diffusion_timesteps, opt.eta) == (1000, 0.0)
-    # --num_inference_steps is the model's flag; the generator only sets its training default
-    assert opt.num_inference_steps == 10
+    assert (opt.diffusion_timesteps, opt.eta, opt.sampler) == (1000, 0.0, "ddim")
+    # --num_inference_steps is the model's flag; the generator no longer overrides it
+    assert not hasattr(opt, "num_inference_steps")
     with pytest.raises(SystemExit):
         parser.parse_args(["--prediction_type", "noise"])
     opt.img_size = 64
     gen = DiffusionGenerator.from_opt(opt)
     assert gen.crop_rows == 24 and gen.scheduler.beta_schedule == "cosine"
-    assert gen.default_steps == 25
+    assert gen.default_steps == 2
     assert gen.scheduler.prediction_type == "sample"
     assert [crop_rows_for(s, 96) for s in (64, 128, 256)] == [24, 48, 96]
     assert crop_rows_for(256, 0) == 256
@@ -313,3 +328,91 @@ def test_bf16_inference_keeps_contract_and_tracks_fp32():
     _check_seven(low, inp, 2, 64)
     # bf16 has ~3 significant digits: the samples agree to a few hundredths on average.
     assert float((low.x_stage2 - ref.x_stage2).abs().mean()) < 0.05
+
+
+# ------------------------------------------------- residual / predict-then-refine design
+
+
+@pytest.mark.parametrize("residual", ["fill", "stage1"])
+def test_untrained_residual_design_returns_the_fill(residual):
+    from models.diffusion_residual import fill_mean
+
+    gen = _gen(residual=residual, num_inference_steps=1)  # constructor defaults otherwise
+    inp, _ = _batch()
+    # Zero-initialised heads: stage 1 adds nothing to the fill, and the one trailing step at
+    # t = T-1 (SNR 0) predicts v = 0, i.e. a zero residual: the sample is the fill.
+    out = gen.sample(inp, generator=torch.Generator().manual_seed(0)).outputs
+    fill = torch.where(inp.band_mask > 0.5, fill_mean(inp.masked_ct), inp.masked_ct).clamp(-1, 1)
+    assert torch.allclose(out.x_stage2, fill, atol=1e-5)
+
+
+def test_predict_then_refine_contract_and_gradient_routing():
+    gen = _gen(residual="stage1")  # predict-then-refine (opt-in, see docs/BENCHMARKS.md)
+    assert gen.residual == "stage1" and gen.stage1 is not None
+    _randomize(gen.unet)
+    _randomize(gen.stage1, seed=1)
+    inp, target = _batch(b=3)
+    res = gen.training_forward(inp, target, generator=torch.Generator().manual_seed(0))
+    _check_seven(res.outputs, inp, 3, 64)
+    assert torch.equal(res.x0_weight, torch.ones(3))  # stage 1 is deterministic
+    # The shared image losses (on the seven outputs) train stage 1 only ...
+    o = res.outputs
+    (o.x_stage1.sum() + o.x_stage2.sum() + o.fine_seg.sum() + o.coarse_seg.sum()
+     + o.pred1_h.sum() + o.pred2_h.sum()).backward()  # fmt: skip
+    assert all(p.grad is None or not p.grad.any() for p in gen.unet.parameters())
+    assert float(gen.stage1.net.stem.weight.grad.abs().sum()) > 0
+    # ... and L_diff the denoiser only (its target is the residual to the detached mean).
+    gen.zero_grad(set_to_none=True)
+    res = gen.training_forward(inp, target, generator=torch.Generator().manual_seed(0))
+    res.aux_losses["diff"].backward()
+    assert all(p.grad is None or not p.grad.any() for p in gen.stage1.parameters())
+    assert float(gen.unet.stem.weight.grad.abs().sum()) > 0
+    # Inference: the seven outputs with the documented ranges; x_stage1 is the stage-1 mean.
+    gen.eval()
+    s = gen.sample(inp, steps=2, generator=torch.Generator().manual_seed(0)).outputs
+    _check_seven(s, inp, 3, 64)
+    assert torch.allclose(s.fine_seg, o.fine_seg.detach(), atol=1e-6)
+
+
+def _count_calls(net: nn.Module) -> list[int]:
+    calls: list[int] = []
+    net.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+@pytest.mark.parametrize("residual", ["fill", "stage1"])
+def test_sampler_flag_reaches_sample_and_steps_are_honoured(residual):
+    inp, _ = _batch()
+    outs = {}
+    for name in ("ddim", "dpmsolver++"):
+        gen = _gen(sampler=name, residual=residual)
+        _randomize(gen)
+        calls = _count_calls(gen.unet)
+        for steps in (3, 4, 5):
+            calls.clear()
+            res = gen.sample(inp, steps=steps, generator=torch.Generator().manual_seed(0))
+            # one call per step, plus the heads' call on the sample (not with stage 1)
+            assert len(calls) == steps + (residual != "stage1") and res.steps == steps
+            _check_seven(res.outputs, inp, 2, 64)
+            assert bool(torch.isfinite(res.outputs.x_stage2).all())
+        outs[name] = res.outputs.x_stage2
+    # Both end with a first-order step to sigma = 0; after 5 steps the trajectories differ.
+    assert not torch.allclose(outs["ddim"], outs["dpmsolver++"], atol=1e-4)
+    parser = DiffusionGenerator.modify_commandline_options(argparse.ArgumentParser(), True)
+    opt = parser.parse_args(["--sampler", "dpmsolver++"])
+    opt.img_size = 64
+    assert DiffusionGenerator.from_opt(opt).sampler_name == "dpmsolver++"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--sampler", "euler"])
+
+
+def test_argparse_defaults_are_the_constructor_defaults():
+    parser = DiffusionGenerator.modify_commandline_options(argparse.ArgumentParser(), True)
+    opt = parser.parse_args([])
+    opt.img_size = 64
+    a, b = DiffusionGenerator.from_opt(opt), DiffusionGenerator(img_size=64, crop_rows=24)
+    for name in ("default_steps", "sampler_name", "eta", "snr_gamma", "weighting", "residual"):
+        assert getattr(a, name) == getattr(b, name), name
+    assert a.residual_scale == b.residual_scale and a.image_grad == b.image_grad
+    for name in ("prediction_type", "timestep_spacing", "rescale_zero_terminal_snr"):
+        assert getattr(a.scheduler, name) == getattr(b.scheduler, name), name

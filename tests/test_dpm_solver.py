@@ -12,7 +12,9 @@ from models.noise_scheduler import DDPMScheduler
 _DIFFUSERS_SCHEDULE = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
 
 
-def _oracle(schedule: str, prediction_type: str) -> DPMSolverMultistepScheduler:
+def _oracle(
+    schedule: str, prediction_type: str, spacing: str = "linspace", zero_snr: bool = False
+) -> DPMSolverMultistepScheduler:
     return DPMSolverMultistepScheduler(
         num_train_timesteps=1000,
         beta_start=1e-4,
@@ -24,7 +26,8 @@ def _oracle(schedule: str, prediction_type: str) -> DPMSolverMultistepScheduler:
         solver_type="midpoint",
         lower_order_final=True,
         final_sigmas_type="zero",
-        timestep_spacing="linspace",
+        timestep_spacing=spacing,
+        rescale_betas_zero_snr=zero_snr,
     )
 
 
@@ -38,9 +41,37 @@ def _fake_model(x: torch.Tensor, t: int) -> torch.Tensor:
 @pytest.mark.parametrize("steps", [1, 2, 4, 10, 25])
 def test_matches_diffusers_step_by_step(schedule, prediction_type, steps):
     ours = DPMSolverMultistep(
-        DDPMScheduler(beta_schedule=schedule, prediction_type=prediction_type, clip_sample=False)
+        DDPMScheduler(
+            beta_schedule=schedule,
+            prediction_type=prediction_type,
+            clip_sample=False,
+            timestep_spacing="linspace",
+        )
     )
     ref = _oracle(schedule, prediction_type)
+    _compare(ours, ref, steps)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 7, 16])
+def test_matches_diffusers_trailing_zero_terminal_snr(steps):
+    # The diffusion generator's schedule: trailing spacing from t = T-1, a_bar_{T-1} = 0.
+    ours = DPMSolverMultistep(
+        DDPMScheduler(
+            prediction_type="v_prediction",
+            clip_sample=False,
+            timestep_spacing="trailing",
+            rescale_zero_terminal_snr=True,
+        )
+    )
+    ref = _oracle("linear", "v_prediction", spacing="trailing", zero_snr=True)
+    # At t = T-1 diffusers converts v to x0 with a_bar = 2**-24 instead of 0, i.e. adds
+    # 2**-12 x_T (|x_T| <= 4 here) to the exact x0 = -v that we use: 1e-3 bounds that.
+    _compare(ours, ref, steps, atol=1e-3)
+
+
+def _compare(
+    ours: DPMSolverMultistep, ref: DPMSolverMultistepScheduler, steps: int, atol: float = 1e-5
+) -> None:
     ours.set_timesteps(steps)
     ref.set_timesteps(steps)
     assert ours.timesteps.tolist() == ref.timesteps.tolist()
@@ -49,7 +80,7 @@ def test_matches_diffusers_step_by_step(schedule, prediction_type, steps):
     for t in ours.timesteps.tolist():
         x = ours.step(_fake_model(x, t), t, x).prev_sample
         x_ref = ref.step(_fake_model(x_ref, t), t, x_ref).prev_sample
-        assert torch.allclose(x, x_ref, atol=1e-5, rtol=1e-5), (t, (x - x_ref).abs().max())
+        assert torch.allclose(x, x_ref, atol=atol, rtol=1e-5), (t, (x - x_ref).abs().max())
 
 
 def test_last_step_returns_the_x0_estimate():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from evaluation.compare import comparison_report, format_table, table_rows
-from evaluation.slice_eval import fill_baseline, mask_height
+from evaluation.slice_eval import fill_baseline, hf_energy, mask_height, pooled_hf_ratio
 from util.geometry import band_rows
 
 
@@ -17,6 +17,25 @@ def test_mask_height_uses_the_largest_part():
     mask[5:12, 2:8] = True  # the vertebra: 7 rows
     mask[17, 0] = True  # a stray pixel far below must not stretch it
     assert mask_height(mask) == 7.0
+
+
+def test_hf_energy_is_the_band_laplacian_energy_and_pools_over_slices():
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(-1, 1, (32, 32))
+    flat = np.zeros((32, 32))
+    assert hf_energy(flat, 10, 20) == 0.0
+    assert hf_energy(truth, 10, 20) > 0.5
+    # Only rows x1 + 1 .. x2 - 1 count: noise outside them changes nothing.
+    noisy_outside = truth.copy()
+    noisy_outside[:9] = rng.uniform(-1, 1, (9, 32))
+    assert hf_energy(noisy_outside, 10, 20) == pytest.approx(hf_energy(truth, 10, 20))
+    # A blurred copy has less, a sharper one more high-frequency energy than the truth.
+    assert hf_energy(0.5 * truth, 10, 20) == pytest.approx(0.25 * hf_energy(truth, 10, 20))
+    rows = [
+        {"hf_energy": 1.0, "fill_hf_energy": 0.0, "hf_energy_truth": 2.0},
+        {"hf_energy": 3.0, "fill_hf_energy": 1.0, "hf_energy_truth": 2.0},
+    ]
+    assert pooled_hf_ratio(rows) == 1.0 and pooled_hf_ratio(rows, "fill_") == 0.25
 
 
 def test_fill_baseline_fills_the_band_with_the_mean_of_its_neighbour_rows():

@@ -260,3 +260,31 @@ def test_bad_arguments_raise_clear_errors():
         s.add_noise(x, x, torch.tensor([1, 2, 3]))
     with pytest.raises(ValueError, match="num_inference_steps"):
         s.set_timesteps(0)
+
+
+def test_trailing_spacing_starts_at_T_minus_1_and_steps_to_the_next_timestep():
+    s = DDPMScheduler(timestep_spacing="trailing")
+    s.set_timesteps(4)
+    assert s.timesteps.tolist() == [999, 749, 499, 249]
+    s.set_timesteps(16)  # 1000 / 16 is not an integer: prev must follow the list, not T // n
+    ts = s.timesteps
+    assert int(ts[0]) == 999 and len(ts) == 16
+    assert s.prev_timestep(ts).tolist() == ts[1:].tolist() + [-1]
+    # the last DDIM step lands on a_bar = 1: the result is the clipped x0 estimate
+    x = torch.randn(2, 1, 4, 4)
+    out = s.ddim_step(x, int(ts[-1]), x)
+    assert torch.allclose(out.prev_sample, out.pred_original_sample)
+
+
+def test_zero_terminal_snr_rescale():
+    s = DDPMScheduler(prediction_type="v_prediction", rescale_zero_terminal_snr=True)
+    ref = DDPMScheduler()
+    assert float(s.alphas_cumprod[-1]) == 0.0
+    assert abs(float(s.alphas_cumprod[0] - ref.alphas_cumprod[0])) < 1e-6
+    assert bool((s.alphas_cumprod[1:] <= s.alphas_cumprod[:-1]).all())
+    x0, noise = torch.rand(1, 1, 4, 4) * 2 - 1, torch.randn(1, 1, 4, 4)
+    v = s.get_velocity(x0, noise, 999)
+    x_t = s.add_noise(x0, noise, 999)
+    assert torch.allclose(s.predict_x0(v, 999, x_t, clip=False), x0, atol=1e-5)
+    with pytest.raises(ValueError, match="v_prediction or sample"):
+        DDPMScheduler(rescale_zero_terminal_snr=True)

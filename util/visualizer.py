@@ -73,6 +73,12 @@ class Visualizer:
             log.write(message + "\n")
         return message
 
+    def print_message(self, message: str) -> None:
+        """Print a line and append it to loss_log.txt (e.g. why training stopped)."""
+        tqdm.write(message)
+        with open(self.log_path, "a", encoding="utf-8") as log:
+            log.write(message + "\n")
+
     def plot_current_losses(self, epoch_progress: float, losses: Mapping[str, float]) -> None:
         """Add a point (x = fractional epoch) to the curves; send them to visdom if live."""
         self.history.setdefault("x", []).append(float(epoch_progress))
