@@ -10,9 +10,7 @@ import pytest
 
 from evaluation.appearance import LEVELS, TISSUES, nps_summary, phantom_appearance, real_appearance
 
-TOTALSEG = (
-    Path(__file__).resolve().parents[1] / ".." / ".." / "shared" / "data" / "totalseg_example"
-)
+TOTALSEG = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "totalseg_example"
 #: Measured with ``real_appearance`` on the TotalSegmentator example (L1-L5): tissue HU mean
 #: and SD, muscle NPS integral (HU^2) and mean AP depth / height of the bodies.
 REAL_HU = {"cancellous": (124, 57), "cortex": (254, 104), "disc": (86, 30), "muscle": (9, 49)}
