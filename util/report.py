@@ -15,6 +15,7 @@ from dominate.tags import img, script, style, table, tbody, td, th, thead, tr
 from dominate.util import raw
 from PIL import Image
 
+from util.geometry import inside
 from util.io import atomic_path, write_text_atomic
 
 IMAGE_COLUMNS = ("input", "output", "truth", "difference", "baseline", "uncertainty")
@@ -108,7 +109,9 @@ def write_html(
                                 else (-1.0, 1.0)
                             )
                             rel = f"images/{key}_{name}.png"
-                            save_png(arr, img_dir / f"{key}_{name}.png", rng)
+                            # the key comes from data: its PNG must stay in images/
+                            png = inside(img_dir / f"{key}_{name}.png", img_dir)
+                            save_png(arr, png, rng)
                             td(img(src=rel, alt=f"{key} {name}"))
     path = out_dir / "index.html"
     write_text_atomic(path, doc.render())
