@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import argparse
 import math
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -14,10 +15,31 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler
 
-from util.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from util.checkpoint import (
+    CheckpointError,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
 from util.registry import Registry
 
 OptionSetter = Callable[[argparse.ArgumentParser, bool], argparse.ArgumentParser]
+
+#: Options that shape the networks or what their weights mean: a checkpoint is only loaded
+#: when the values it records equal this run's (those both record are compared).
+ARCHITECTURE_OPTIONS = (
+    "model",
+    "netG_type",
+    "img_size",
+    "ngf",
+    "ndf",
+    "n_layers_D",
+    "prediction_type",
+    "diffusion_timesteps",
+    "diffusion_beta_schedule",
+    "diffusion_crop",
+)
 
 
 class BaseModel(abc.ABC):
@@ -40,6 +62,7 @@ class BaseModel(abc.ABC):
         self.schedulers: list[Any] = []
         self.epoch = 0  # last completed epoch
         self.total_iters = 0  # training samples seen
+        self.epoch_items = 0  # samples of epoch ``epoch + 1`` already trained (a stopped run)
 
     # ------------------------------------------------------------------ hooks
     @staticmethod
@@ -124,10 +147,13 @@ class BaseModel(abc.ABC):
         return self.save_dir / f"{label}_checkpoint.pth"
 
     def save_networks(self, label: str | int, also_latest: bool = True) -> Path:
-        """Write networks, optimisers, schedulers, extra state, epoch, iteration, RNG states
-        and options atomically to ``<label>_checkpoint.pth`` (and ``latest_checkpoint.pth``)."""
+        """Write networks, optimisers, schedulers, extra state, epoch (and samples of the next
+        epoch already trained), iteration, RNG states and options atomically to
+        ``<label>_checkpoint.pth`` (and ``latest_checkpoint.pth``). Call it after the epoch's
+        :meth:`update_learning_rate`, so that a resumed run continues the same schedule."""
         ckpt = {
             "epoch": self.epoch,
+            "epoch_items": self.epoch_items,
             "total_iters": self.total_iters,
             "networks": {name: net.state_dict() for name, net in self.networks().items()},
             "optimizers": [o.state_dict() for o in self.optimizers],
@@ -144,38 +170,96 @@ class BaseModel(abc.ABC):
 
     def load_networks(self, label: str | int, resume: bool = False) -> dict[str, Any]:
         """Load ``<label>_checkpoint.pth``; with ``resume`` also optimisers, schedulers,
-        counters and RNG states, so training continues exactly where it stopped."""
+        counters and RNG states, so training continues exactly where it stopped.
+
+        Raises :class:`~util.checkpoint.CheckpointError` (one line naming the file) for a file
+        that does not fit: another architecture (:data:`ARCHITECTURE_OPTIONS`, naming the
+        option), missing entries, or weights of other shapes."""
         path = self.checkpoint_path(label)
         ckpt = load_checkpoint(path, map_location=self.device)
+        check_compatible(ckpt, self.opt, path)
         nets = self.networks()
-        missing = sorted(set(nets) - set(ckpt["networks"]))
+        weights = _entry(ckpt, "networks", dict, path)
+        missing = sorted(set(nets) - set(weights))
         if missing:
-            raise ValueError(f"checkpoint {path} has no weights for net{', net'.join(missing)}")
+            nets_missing = ", ".join(f"net{m}" for m in missing)
+            raise CheckpointError(f"checkpoint {path} has no weights for {nets_missing}")
         for name, net in nets.items():
-            net.load_state_dict(ckpt["networks"][name])
+            _load_state(net, weights[name], f"net{name}", path)
         self.load_extra_state(ckpt.get("extra", {}))
-        self.epoch = int(ckpt["epoch"])
-        self.total_iters = int(ckpt["total_iters"])
+        self.epoch = _entry(ckpt, "epoch", int, path)
+        self.total_iters = _entry(ckpt, "total_iters", int, path)
+        self.epoch_items = int(ckpt.get("epoch_items", 0))
         if resume:
-            if len(ckpt["optimizers"]) != len(self.optimizers):
-                raise ValueError(
-                    f"checkpoint {path} holds {len(ckpt['optimizers'])} optimisers,"
-                    f" the model has {len(self.optimizers)}"
-                )
-            for opt_, state in zip(self.optimizers, ckpt["optimizers"], strict=True):
-                opt_.load_state_dict(state)
-            for sched, state in zip(self.schedulers, ckpt["schedulers"], strict=False):
-                sched.load_state_dict(state)
-                if isinstance(sched, lr_scheduler.LambdaLR):
-                    # The saved lr belongs to the saved schedule; a resumed run that extends
-                    # it (larger --n_epochs) must train its next epoch at the new rule's lr.
-                    rules = zip(sched.base_lrs, sched.lr_lambdas, strict=True)
-                    lrs = [base * rule(sched.last_epoch) for base, rule in rules]
-                    for group, lr in zip(sched.optimizer.param_groups, lrs, strict=True):
-                        group["lr"] = lr
-            restore_rng_state(ckpt["rng"])
+            self._resume_from(ckpt, path)
         print(f"loaded checkpoint {path} (epoch {self.epoch}, {self.total_iters} samples)")
         return ckpt
+
+    def _resume_from(self, ckpt: dict[str, Any], path: Path) -> None:
+        """Optimisers, schedulers and RNG states of a checkpoint (``resume``)."""
+        optimizers = _entry(ckpt, "optimizers", list, path)
+        if len(optimizers) != len(self.optimizers):
+            raise CheckpointError(
+                f"checkpoint {path} holds {len(optimizers)} optimisers,"
+                f" the model has {len(self.optimizers)}"
+            )
+        for i, (opt_, state) in enumerate(zip(self.optimizers, optimizers, strict=True)):
+            _load_state(opt_, state, f"optimiser {i}", path)
+        for i, (sched, state) in enumerate(
+            zip(self.schedulers, _entry(ckpt, "schedulers", list, path), strict=False)
+        ):
+            _load_state(sched, state, f"scheduler {i}", path)
+            if ckpt["format"] == 1:  # saved before the epoch's step: make it up
+                with warnings.catch_warnings():  # (no optimiser step in this process yet)
+                    warnings.simplefilter("ignore", UserWarning)
+                    sched.step()
+            if isinstance(sched, lr_scheduler.LambdaLR):
+                # The saved lr belongs to the saved schedule; a resumed run that extends
+                # it (larger --n_epochs) must train its next epoch at the new rule's lr.
+                rules = zip(sched.base_lrs, sched.lr_lambdas, strict=True)
+                lrs = [base * rule(sched.last_epoch) for base, rule in rules]
+                for group, lr in zip(sched.optimizer.param_groups, lrs, strict=True):
+                    group["lr"] = lr
+        try:
+            restore_rng_state(_entry(ckpt, "rng", dict, path))
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"checkpoint {path} has unusable RNG states: {exc}") from exc
+
+
+def check_compatible(ckpt: dict[str, Any], opt: argparse.Namespace, path: Path) -> None:
+    """``CheckpointError`` naming the first :data:`ARCHITECTURE_OPTIONS` entry whose value
+    recorded in ``ckpt["options"]`` differs from ``opt``'s."""
+    recorded = ckpt.get("options")
+    if not isinstance(recorded, dict):
+        return
+    for key in ARCHITECTURE_OPTIONS:
+        if key in recorded and hasattr(opt, key) and recorded[key] != getattr(opt, key):
+            raise CheckpointError(
+                f"checkpoint {path} was trained with --{key} {recorded[key]}, this run has "
+                f"--{key} {getattr(opt, key)}: pass --{key} {recorded[key]} (or another --name"
+                " / --epoch)"
+            )
+
+
+def _entry(ckpt: dict[str, Any], key: str, kind: type, path: Path) -> Any:
+    value = ckpt.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
+        raise CheckpointError(
+            f"checkpoint {path} has no usable {key!r} entry (expected a {kind.__name__}, "
+            f"found {type(value).__name__})"
+        )
+    return value
+
+
+def _load_state(obj: Any, state: Any, what: str, path: Path) -> None:
+    """``obj.load_state_dict(state)`` with a one-line error naming the file."""
+    try:
+        obj.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        detail = " ".join(lines[:2])[:300] or type(exc).__name__
+        message = f"checkpoint {path}: {what} does not fit this model ({detail})"
+        raise CheckpointError(message) from exc
 
 
 #: ``--model``: models by name; built-in ones in ``models/*_model.py``.
