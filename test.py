@@ -6,8 +6,10 @@ Example:
 
 Writes to ``<results_dir>/<name>/<phase>_<epoch>/``: ``metrics.csv`` (one row per slice),
 ``summary.json`` (mean/std of every metric, counts, timing), ``index.html`` (input / output /
-truth / difference / baseline / uncertainty per vertebra, worst band SSIM first) and, with
-``--save_volumes``, the synthesised NIfTI volumes with the input's affine and header.
+truth / difference / baseline / uncertainty per vertebra, worst band SSIM first),
+``test_opt.txt``/``test_opt.json`` and, with ``--save_volumes``, the synthesised NIfTI volumes
+with the input's affine and header. The folder appears complete or not at all; nothing is
+written into the checkpoint folder.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ import numpy as np
 from data import find_dataset
 from evaluation.slice_eval import evaluate
 from models import create_model
-from options.test_options import TestOptions
+from options.test_options import TestOptions, results_dir
 from util.cli import run_main
-from util.io import write_json_atomic
+from util.io import staged_dir, write_json_atomic
 from util.metrics import summarise
 from util.misc import seed_everything
 from util.report import per_vertebra_means, write_html, write_metrics_csv
@@ -42,14 +44,16 @@ HEADLINE = (
 )
 
 
-def run(opt) -> dict:
+def run(opt, out_dir: Path | None = None) -> dict:
+    """Evaluate and write the report into ``out_dir`` (default: :func:`results_dir`)."""
     seed_everything(opt.seed)
     dataset = find_dataset(opt.dataset_mode).from_opt(opt)
     model = create_model(opt)
     model.setup(opt)
     model.eval()
     epoch_label = str(opt.epoch)
-    out_dir = Path(opt.results_dir) / opt.name / f"{opt.phase}_{epoch_label}"
+    final_dir = results_dir(opt)  # --name checked to stay below --results_dir
+    out_dir = out_dir or final_dir
     columns = {"netG_type": opt.netG_type}
 
     result = evaluate(
@@ -112,14 +116,18 @@ def run(opt) -> dict:
     }
     if fill:
         print("  trivial fill baseline: " + "  ".join(f"{k} {v:.4g}" for k, v in fill.items()))
-    print(f"results in {out_dir} (index.html, metrics.csv, summary.json)")
+    print(f"results in {final_dir} (index.html, metrics.csv, summary.json)")
     return summary
 
 
 def main(argv: list[str] | None = None) -> int:
-    opt = TestOptions(argv).parse()
+    options = TestOptions(argv)
+    opt = options.parse()
     np.seterr(all="ignore")  # constant regions give nan metrics, counted in summary.json
-    run(opt)
+    # the whole report appears at once, or not at all (a failed run leaves no half report)
+    with staged_dir(results_dir(opt)) as out_dir:
+        options.save(opt, out_dir)
+        run(opt, out_dir)
     return 0
 
 

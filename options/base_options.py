@@ -10,6 +10,7 @@ from pathlib import Path
 import data
 import models
 from options.presets import PRESETS, apply_preset
+from options.checks import check_name, check_options
 from util.io import write_json_atomic, write_text_atomic
 from util.misc import resolve_device
 
@@ -138,31 +139,42 @@ class BaseOptions:
         self.parser = parser
         return parser.parse_args(self.argv)
 
-    def parse(self, save: bool = True) -> argparse.Namespace:
-        """Parse, resolve the device, print the options and save them (opt.txt, opt.json)."""
+    def parse(self, save: bool = False) -> argparse.Namespace:
+        """Parse, check every value (``ValueError`` naming the option, before anything is
+        written), resolve the device and print the options; with ``save`` also write them
+        (:meth:`save`) into :meth:`output_dir`."""
         opt = self.gather_options()
         opt.isTrain = self.is_train
+        check_options(opt)
+        self.output_dir(opt)  # its checks too, before anything is written
         opt.device, opt.gpu_ids = resolve_device(opt.gpu_ids)
         if opt.max_dataset_size is None:
             opt.max_dataset_size = float("inf")
-        self.print_options(opt, save=save)
+        print(self.format_options(opt))
+        if save:
+            self.save(opt, self.output_dir(opt))
         return opt
 
-    def print_options(self, opt: argparse.Namespace, save: bool = True) -> str:
+    def output_dir(self, opt: argparse.Namespace) -> Path:
+        """Where this entry point writes: the run directory ``<checkpoints_dir>/<name>``."""
+        return check_name(opt.name, opt.checkpoints_dir)
+
+    def format_options(self, opt: argparse.Namespace) -> str:
+        """The options as a table, non-default values marked with their default."""
         lines = ["----------------- Options ---------------"]
         for key, value in sorted(vars(opt).items()):
             default = self.parser.get_default(key)
             note = f"\t[default: {default}]" if default is not None and value != default else ""
             lines.append(f"{key:>25}: {value!s:<30}{note}")
         lines.append("----------------- End -------------------")
-        text = "\n".join(lines)
-        print(text)
-        if save:
-            expr_dir = Path(opt.checkpoints_dir) / opt.name
-            phase = "train" if self.is_train else "test"
-            write_text_atomic(expr_dir / f"{phase}_opt.txt", text + "\n")
-            write_json_atomic(expr_dir / f"{phase}_opt.json", options_to_dict(opt))
-        return text
+        return "\n".join(lines)
+
+    def save(self, opt: argparse.Namespace, folder: str | Path) -> None:
+        """Write ``<phase>_opt.txt`` and ``<phase>_opt.json`` (phase: train or test) into
+        ``folder``, atomically."""
+        phase = "train" if self.is_train else "test"
+        write_text_atomic(Path(folder) / f"{phase}_opt.txt", self.format_options(opt) + "\n")
+        write_json_atomic(Path(folder) / f"{phase}_opt.json", options_to_dict(opt))
 
 
 def options_to_dict(opt: argparse.Namespace) -> dict:
@@ -177,7 +189,7 @@ def options_to_dict(opt: argparse.Namespace) -> dict:
 
 
 def load_options(path: str | Path) -> dict:
-    """Read an ``opt.json`` written by :meth:`BaseOptions.print_options`."""
+    """Read an ``opt.json`` written by :meth:`BaseOptions.save`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"options file not found: {path}")

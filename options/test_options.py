@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from options.base_options import BaseOptions, _positive_int
+from options.checks import check_name
 
 
 class TestOptions(BaseOptions):
@@ -42,3 +44,14 @@ class TestOptions(BaseOptions):
             help="use the raw generator weights instead of their EMA",
         )
         return parser
+
+    def output_dir(self, opt: argparse.Namespace) -> Path:
+        """``<results_dir>/<name>/<phase>_<epoch>``, checked to lie below ``--results_dir``
+        (test.py writes nothing into the checkpoint folder)."""
+        return results_dir(opt)
+
+
+def results_dir(opt: argparse.Namespace) -> Path:
+    """``<results_dir>/<name>/<phase>_<epoch>`` of test.py, checked: ``--name`` must stay below
+    ``--results_dir`` (``ValueError`` naming it otherwise)."""
+    return check_name(opt.name, opt.results_dir) / f"{opt.phase}_{opt.epoch}"

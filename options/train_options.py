@@ -51,6 +51,12 @@ class TrainOptions(BaseOptions):
             help="wall-clock budget: stop at the first epoch end past it (checkpoint 'latest' "
             "saved, the loss log says so); 0 = no limit",
         )
+        g.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="start afresh in a run directory that holds a previous run (its checkpoints "
+            "and logs are removed); without it (or --continue_train) such a run is refused",
+        )
         g.add_argument("--lr", type=float, default=2e-4, help="initial Adam learning rate")
         g.add_argument("--beta1", type=float, default=0.5, help="Adam beta1")
         g.add_argument(

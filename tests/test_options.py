@@ -22,7 +22,7 @@ def _train_opt(tmp_path, *extra):
         "64",
         *extra,
     ]
-    return TrainOptions(argv).parse()
+    return TrainOptions(argv).parse(save=True)
 
 
 def test_opt_json_round_trip(tmp_path, capsys):
@@ -79,12 +79,15 @@ def test_bad_values_are_rejected(tmp_path, bad):
 
 
 def test_test_options_defaults(tmp_path):
-    opt = TestOptions(
-        ["--checkpoints_dir", str(tmp_path), "--name", "t", "--gpu_ids", "-1"]
-    ).parse()
+    ckpt, results = tmp_path / "ckpt", tmp_path / "results"
+    argv = ["--checkpoints_dir", str(ckpt), "--results_dir", str(results), "--name", "t"]
+    opt = TestOptions([*argv, "--gpu_ids", "-1"]).parse(save=True)
     assert opt.isTrain is False and opt.phase == "test" and opt.epoch == "latest"
     assert opt.vert_class == "all" and opt.slice_mode == "all"
-    assert json.loads((tmp_path / "t" / "test_opt.json").read_text())["phase"] == "test"
+    # test options go beside the results: nothing is written into the checkpoint folder
+    saved = json.loads((results / "t" / "test_latest" / "test_opt.json").read_text())
+    assert saved["phase"] == "test"
+    assert not ckpt.exists()
 
 
 def test_bad_input_is_one_error_line_not_a_traceback(tmp_path):
