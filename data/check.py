@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from util.geometry import PHASES, SPLIT_FILE, split_key
-from util.nifti_io import NiftiError, load_nifti
+from util.nifti_io import NiftiError, ct_value_problem, load_nifti
 
 #: The splits of ``vertebra_data.json`` and the grades it may give (Genant 0-3; -1 unknown).
 SPLITS = PHASES["all"]
@@ -137,8 +137,8 @@ def check_volume(root: Path, vid: str, problems: list[Problem], info: VolumeInfo
         ct = loaded["CT"]
         lo, hi = float(ct.min()), float(ct.max())
         info.ct_range = (lo, hi)
-        if ct.dtype != np.uint8 and (lo < 0 or hi > 255 or not np.isfinite(ct).all()):
-            problems.append(Problem(vid, f"CT values {lo:g}..{hi:g} outside 0..255 ({ct.dtype})"))
+        if (problem := ct_value_problem(ct)) is not None:
+            problems.append(Problem(vid, problem))
     if "label" in loaded:
         lab = loaded["label"]
         if np.issubdtype(lab.dtype, np.floating) and not np.array_equal(lab, np.round(lab)):

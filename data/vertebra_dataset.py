@@ -115,7 +115,10 @@ def load_splits(dataroot: str | Path) -> dict[str, dict[str, int]]:
         for key, grade in entries.items():
             if grade is not None and (isinstance(grade, bool) or not isinstance(grade, int)):
                 raise ValueError(f"{path}: grade of {key!r} must be an integer, got {grade!r}")
-            split_key(key)
+            try:
+                split_key(key)
+            except ValueError as exc:
+                raise ValueError(f"{path}: {exc}") from None
             out[phase][key] = -1 if grade is None else grade
     return out
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from util.nifti_io import NiftiError
+from util.nifti_io import NiftiError, check_ct_values
 
 
 def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
@@ -41,6 +41,8 @@ def volume_to_slices(
         if (h, w) != (img_size, img_size):
             vol = vol[:, _nearest_index(h, img_size)][:, :, _nearest_index(w, img_size)]
         return np.ascontiguousarray(vol)
+    if kind == "ct":
+        check_ct_values(vol, path)
     same_size = (h, w) == (img_size, img_size)
     if kind == "ct" and vol.dtype == np.uint8 and same_size:
         return np.ascontiguousarray(vol)  # the common case: nothing to convert

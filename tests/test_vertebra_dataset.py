@@ -496,7 +496,8 @@ def test_bad_values_name_the_file(vertebra_root_factory, vertebra_volumes):
     ds = make(root)
     with pytest.raises(ValueError, match=r"heatmap/p1_20\.nii\.gz.*floats"):
         ds.get_sample("p1_20", 7)
-    with pytest.raises(ValueError, match=r"CT/sub_a_20\.nii\.gz.*\[0, 255\]"):
+    # (HU values: the message says how to window them)
+    with pytest.raises(ValueError, match=r"CT/sub_a_20\.nii\.gz.*outside 0\.\.255.*HU"):
         ds.get_sample("sub_a_20", 7)
 
 

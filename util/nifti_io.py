@@ -10,11 +10,42 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from util.geometry import CT_WINDOW_HU
 from util.io import atomic_path
 
 
 class NiftiError(ValueError):
     """A NIfTI file is missing, unreadable or not what the caller expects."""
+
+
+def ct_value_problem(data: np.ndarray) -> str | None:
+    """What is wrong with the values of a CT volume (None when nothing): CT is stored on the
+    uint8 window 0..255 (HU window :data:`~util.geometry.CT_WINDOW_HU` mapped linearly), so
+    HU values (outside 0..255) and floats scaled to [0, 1] are refused, not silently used."""
+    if data.dtype == np.uint8 or data.size == 0:
+        return None
+    lo, hi = float(np.min(data)), float(np.max(data))
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return "CT holds NaN or infinite values"
+    if lo < 0 or hi > 255:
+        return (
+            f"CT values {lo:g}..{hi:g} outside 0..255 ({data.dtype}): HU values must be "
+            f"windowed, [{CT_WINDOW_HU[0]:g}, {CT_WINDOW_HU[1]:g}] HU -> 0..255 uint8, as "
+            "scripts/straighten.py writes them"
+        )
+    if np.issubdtype(data.dtype, np.floating) and hi <= 1.0:
+        return (
+            f"CT values {lo:g}..{hi:g} ({data.dtype}) look scaled to [0, 1]: CT must be stored "
+            "on the 0..255 window (uint8); multiply by 255"
+        )
+    return None
+
+
+def check_ct_values(data: np.ndarray, path: str | os.PathLike) -> None:
+    """Raise :class:`NiftiError` naming ``path`` when :func:`ct_value_problem` finds one."""
+    problem = ct_value_problem(data)
+    if problem is not None:
+        raise NiftiError(f"{path}: {problem}")
 
 
 def ipl_affine(spacing_mm: float | tuple[float, float, float] = 1.0) -> np.ndarray:
