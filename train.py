@@ -17,10 +17,11 @@ import json
 import math
 import sys
 import time
+from pathlib import Path
 
 from tqdm import tqdm
 
-from data import create_dataset, find_dataset
+from data import create_dataset, find_dataset, set_epoch
 from evaluation.slice_eval import evaluate
 from models import create_model
 from options.train_options import TrainOptions
@@ -28,7 +29,10 @@ from util.cli import run_main
 from util.io import write_json_atomic
 from util.metrics import summarise
 from util.misc import seed_everything
+from util.run_dir import LOCK_FILE, RunDir, StopSignals
 from util.visualizer import Visualizer
+
+LATEST = "latest_checkpoint.pth"
 
 
 def check_finite(losses: dict[str, float], epoch: int, iters: int) -> None:
@@ -93,11 +97,18 @@ class Validator:
         return means
 
 
-def train(opt) -> int:
+def train(opt, options: TrainOptions | None = None, stop: StopSignals | None = None) -> int:
+    """Train ``opt.name`` from ``opt.epoch_count`` (or the resumed checkpoint) to the end of
+    the schedule. Call it inside the run directory's lock (:func:`main`); ``options`` writes
+    train_opt.txt/json once the checkpoint (if any) has been checked, ``stop`` (SIGTERM/SIGINT)
+    ends the run after saving ``latest``: a resumed run continues bit-identically."""
+    stop = stop or StopSignals()
     seed_everything(opt.seed)
     loader = create_dataset(opt)
     model = create_model(opt)
     model.setup(opt)  # sets opt.epoch_count when resuming
+    if options is not None:
+        options.save(opt, model.save_dir)
     visualizer = Visualizer(opt)
     validator = Validator(opt, model) if opt.eval_freq > 0 else None
     last_epoch = opt.n_epochs + opt.n_epochs_decay
@@ -109,7 +120,7 @@ def train(opt) -> int:
         f"{len(loader.dataset)} items per epoch, device {opt.device}"
     )
 
-    if validator is not None and opt.epoch_count == 1:
+    if validator is not None and opt.epoch_count == 1 and model.epoch_items == 0:
         # the untrained model's scores: the starting point of the validation curve
         visualizer.log_metrics(0, {f"val_{k}": v for k, v in validator(0, keep_best=False).items()})
     train_start = time.time()
@@ -122,40 +133,18 @@ def train(opt) -> int:
         dynamic_ncols=True,
     )
     for epoch in epochs:
-        model.train()
-        epoch_start = time.time()
-        iter_data_time = time.time()
-        epoch_iter = 0
-        batches = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, dynamic_ncols=True)
-        for i, batch in enumerate(batches):
-            iter_start = time.time()
-            t_data = iter_start - iter_data_time
-            model.set_input(batch)
-            model.optimize_parameters()
-            n = len(batch["id"]) if "id" in batch else opt.batch_size
-            model.total_iters += n
-            epoch_iter += n
-            losses = model.get_current_losses()
-            check_finite(losses, epoch, model.total_iters)
-            batches.set_postfix({k: f"{v:.3g}" for k, v in list(losses.items())[:4]})
-            if i % max(1, opt.print_freq // opt.batch_size) == 0:
-                t_comp = (time.time() - iter_start) / max(1, n)
-                visualizer.print_current_losses(epoch, epoch_iter, losses, t_comp, t_data)
-                visualizer.plot_current_losses(
-                    epoch - 1 + epoch_iter / max(1, len(loader.dataset)), losses
-                )
-            iter_data_time = time.time()
-
-        model.epoch = epoch
-        model.compute_visuals()
-        visualizer.display_current_results(model.get_current_visuals(), epoch)
+        if not train_epoch(opt, model, loader, visualizer, epoch, stop):
+            return _stopped(stop, model, model.save_networks("latest"))
+        model.epoch, model.epoch_items = epoch, 0
+        lr = model.update_learning_rate()  # before saving: the checkpoint holds the next lr
         if validator is not None and (epoch % opt.eval_freq == 0 or epoch == last_epoch):
             metrics = validator(epoch)
             visualizer.log_metrics(epoch, {f"val_{k}": v for k, v in metrics.items()})
         label = epoch if epoch % opt.save_epoch_freq == 0 or epoch == last_epoch else "latest"
         model.save_networks(label)
-        lr = model.update_learning_rate()
-        epochs.set_postfix(lr=f"{lr:.2e}", sec=f"{time.time() - epoch_start:.0f}")
+        epochs.set_postfix(lr=f"{lr:.2e}")
+        if stop.requested and epoch < last_epoch:
+            return _stopped(stop, model, model.checkpoint_path("latest"))
         minutes = (time.time() - train_start) / 60.0
         if opt.max_train_minutes > 0 and minutes >= opt.max_train_minutes and epoch < last_epoch:
             message = (
@@ -168,17 +157,99 @@ def train(opt) -> int:
     return 0
 
 
+def train_epoch(opt, model, loader, visualizer: Visualizer, epoch: int, stop: StopSignals) -> bool:
+    """Train one epoch (the samples a stopped run already trained are skipped, not loaded);
+    False when ``stop`` came before its last batch (``latest`` then holds the state after the
+    last finished batch)."""
+    model.train()
+    n_items = len(loader.dataset)
+    skip = model.epoch_items if epoch == opt.epoch_count else 0
+    set_epoch(loader, epoch, skip)
+    epoch_iter, ran = skip, 0
+    iter_data_time = time.time()
+    batches = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, dynamic_ncols=True)
+    for i, batch in enumerate(batches):
+        iter_start = time.time()
+        t_data = iter_start - iter_data_time
+        model.set_input(batch)
+        model.optimize_parameters()
+        n = len(batch["id"]) if "id" in batch else opt.batch_size
+        model.total_iters += n
+        epoch_iter += n
+        ran += 1
+        model.epoch_items = epoch_iter
+        losses = model.get_current_losses()
+        check_finite(losses, epoch, model.total_iters)
+        batches.set_postfix({k: f"{v:.3g}" for k, v in list(losses.items())[:4]})
+        if i % max(1, opt.print_freq // opt.batch_size) == 0:
+            t_comp = (time.time() - iter_start) / max(1, n)
+            visualizer.print_current_losses(epoch, epoch_iter, losses, t_comp, t_data)
+            visualizer.plot_current_losses(epoch - 1 + epoch_iter / max(1, n_items), losses)
+        if stop.requested and epoch_iter < n_items:
+            return False
+        iter_data_time = time.time()
+    if ran:
+        model.compute_visuals()
+        visualizer.display_current_results(model.get_current_visuals(), epoch)
+    return True
+
+
+def _stopped(stop: StopSignals, model, path: Path) -> int:
+    """Report a stop by signal once ``latest`` (``path``) is saved; the exit status."""
+    done = f" and {model.epoch_items} samples of the next" if model.epoch_items else ""
+    print(
+        f"stopped by {stop.signal_name}: {path} holds epoch {model.epoch}{done}; resume with "
+        "--continue_train",
+        file=sys.stderr,
+    )
+    return stop.exit_code
+
+
+def resume_label(run_dir: Path, label: str) -> str | None:
+    """The checkpoint that ``--continue_train --epoch <label>`` resumes: ``label``, except that
+    for ``latest`` a numbered checkpoint written after it (a kill between the two files of
+    one save) wins; None when the run directory holds no checkpoint of that kind yet."""
+    if label != "latest":
+        return label
+    latest = run_dir / LATEST
+    numbers = [p.name.partition("_")[0] for p in run_dir.glob("*_checkpoint.pth")]
+    numbered = max((int(n) for n in numbers if n.isdigit()), default=None)
+    if numbered is not None:
+        newest = run_dir / f"{numbered}_checkpoint.pth"
+        if not latest.exists() or newest.stat().st_mtime_ns > latest.stat().st_mtime_ns:
+            return str(numbered)
+    return "latest" if latest.exists() else None
+
+
+def _choose_resume_checkpoint(opt, run_dir: Path) -> None:
+    """Point ``opt.epoch`` at :func:`resume_label`'s choice; a run directory with files but no
+    checkpoint yet (a job killed in its first epoch, requeued with ``--continue_train``)
+    starts from epoch 1 with a warning. An empty one is left to fail on the missing file."""
+    label = resume_label(run_dir, str(opt.epoch))
+    if label is None:
+        if any(p.name != LOCK_FILE for p in run_dir.iterdir()):
+            print(f"warning: {run_dir} holds no {LATEST} yet; training from epoch 1")
+            opt.continue_train = False
+    elif label != str(opt.epoch):
+        print(f"resuming from {label}_checkpoint.pth: it was written after {LATEST}")
+        opt.epoch = label
+
+
 def main(argv: list[str] | None = None) -> int:
-    opt = TrainOptions(argv).parse()
-    try:
-        return train(opt)
-    except FloatingPointError as exc:  # a NaN/inf loss, caught before the optimiser step
-        print(
-            f"error: {exc}. Training stopped; the last good checkpoint in "
-            f"{opt.checkpoints_dir}/{opt.name} is kept.",
-            file=sys.stderr,
-        )
-        return 1
+    options = TrainOptions(argv)
+    opt = options.parse()
+    run_dir = Path(opt.checkpoints_dir) / opt.name
+    with RunDir(run_dir, resume=opt.continue_train, overwrite=opt.overwrite), StopSignals() as stop:
+        if opt.continue_train:
+            _choose_resume_checkpoint(opt, run_dir)
+        try:
+            return train(opt, options, stop)
+        except FloatingPointError as exc:  # a NaN/inf loss, caught before the optimiser step
+            print(
+                f"error: {exc}. Training stopped; the last good checkpoint in {run_dir} is kept.",
+                file=sys.stderr,
+            )
+            return 1
 
 
 if __name__ == "__main__":

@@ -260,8 +260,8 @@ class VertebraDataset(BaseDataset):
         if self.img_size < 16:
             raise ValueError(f"--img_size must be at least 16, got {self.img_size}")
         self.cache = VolumeCache(float(max_cache_mb))
-        self._rng: np.random.Generator | None = None
-        self._rng_key: tuple[int, int] | None = None
+        # the epoch of set_epoch(), in shared memory so that persistent workers see it too
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self._healthy: dict[str, VertebraIndexEntry] = {}
 
         self.grades, keys = self._read_split()
@@ -472,17 +472,17 @@ class VertebraDataset(BaseDataset):
         return rows
 
     # ------------------------------------------------------------------ Dataset API
-    def rng(self) -> np.random.Generator:
-        """numpy Generator of this process: seeded from ``seed`` in the main process, and from
-        (``seed``, worker id, torch's per-worker seed) in a DataLoader worker, so workers and
-        epochs differ while a run with a fixed seed is reproducible."""
-        info = torch.utils.data.get_worker_info()
-        key = (-1, 0) if info is None else (info.id, torch.initial_seed())
-        if self._rng is None or key != self._rng_key:
-            entropy = [self.seed] if info is None else [self.seed, info.id + 1, key[1]]
-            self._rng = np.random.default_rng(np.random.SeedSequence(entropy))
-            self._rng_key = key
-        return self._rng
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose random slices :meth:`__getitem__` draws (see :meth:`item_rng`);
+        seen by every DataLoader worker, persistent ones included."""
+        self._epoch.fill_(int(epoch))
+
+    def item_rng(self, index: int) -> np.random.Generator:
+        """numpy Generator of item ``index`` in the current epoch, a function of (``seed``,
+        epoch, ``index``) only: epochs differ, while the slices of a run with a fixed seed do
+        not depend on the number of workers, on which worker loads an item, or on a resume."""
+        entropy = [self.seed % 2**64, int(self._epoch), int(index)]
+        return np.random.default_rng(np.random.SeedSequence(entropy))
 
     def __len__(self) -> int:
         return len(self.items)
@@ -491,7 +491,7 @@ class VertebraDataset(BaseDataset):
         key, k = self.items[index]
         if k is None:
             info = self.infos[key]
-            k = int(self.rng().choice(info.valid, p=info.probs))
+            k = int(self.item_rng(index).choice(info.valid, p=info.probs))
         return self.get_sample(key, k)
 
     def __getstate__(self) -> dict[str, Any]:

@@ -125,17 +125,24 @@ def test_train_resume_and_test(root, tmp_path, netg):
     assert best_summary["checkpoint_epoch"] == 1
 
 
-def test_nan_loss_stops_training_and_keeps_last_checkpoint(root, tmp_path, capsys):
+def test_nan_loss_stops_training_and_keeps_last_checkpoint(root, tmp_path, capsys, monkeypatch):
+    import models.pix2pix_model as pix2pix
+
     ckpt = tmp_path / "ckpt"
     assert _train(root, ckpt, "gan", "nan") == 0
     good = (ckpt / "nan" / "latest_checkpoint.pth").read_bytes()
-    code = _train(
-        root, ckpt, "gan", "nan", "--continue_train", "--n_epochs", "2", "--lambda_L1", "nan"
-    )
+    # (a NaN weight on the command line is refused before training: the loss itself turns NaN)
+    l1 = pix2pix.two_stage_l1_loss
+    monkeypatch.setattr(pix2pix, "two_stage_l1_loss", lambda *a, **k: l1(*a, **k) * float("nan"))
+    code = _train(root, ckpt, "gan", "nan", "--continue_train", "--n_epochs", "2")
     assert code == 1
     err = capsys.readouterr().err
-    assert "nan" in err and "last good checkpoint" in err
+    assert "nan" in err and "last good checkpoint" in err and str(ckpt / "nan") in err
     assert (ckpt / "nan" / "latest_checkpoint.pth").read_bytes() == good
+    kept = load_checkpoint(ckpt / "nan" / "latest_checkpoint.pth")
+    assert kept["epoch"] == 1 and kept["epoch_items"] == 0  # still a whole, usable checkpoint
+    assert all(torch.isfinite(v).all() for v in kept["networks"]["G"].values())
+    assert not (ckpt / "nan" / "run.lock").exists()  # the lock is released
 
 
 def test_train_and_test_with_the_healthivert_preset(root, tmp_path):

@@ -163,7 +163,16 @@ def test_slice_ratio_and_pyramid_weighting(vertebra_root_factory):
     assert central_range(2, 13) == (3, 11)
     assert ds.valid_slices("p1_20") == list(range(3, 12))
     n = 3000
-    ks = np.array([ds[0]["slice_index"].item() for _ in range(n)])
+
+    def draws(dataset, epochs):
+        # an item's slice is a function of (seed, epoch, index): one draw per epoch
+        out = []
+        for epoch in epochs:
+            dataset.set_epoch(epoch)
+            out.append(dataset[0]["slice_index"].item())
+        return out
+
+    ks = np.array(draws(ds, range(n)))
     ratios = {ds.get_sample("p1_20", k)["slice_ratio"].item() for k in range(3, 12)}
     assert min(ratios) == 0.0 and max(ratios) == 1.0
     weights, ratio = pyramid_weights(3, 11, np.arange(3, 12))
@@ -173,12 +182,14 @@ def test_slice_ratio_and_pyramid_weighting(vertebra_root_factory):
     freq = np.bincount(ks - 3, minlength=9) / n
     np.testing.assert_allclose(freq, expected, atol=0.03)
     assert freq[4] > 2 * max(freq[0], freq[8])
-    # reproducible for a seed, different for another seed
+    # reproducible for a seed (and within an epoch), different for another seed
     again = make(root, seed=3)
     other = make(root, seed=4)
-    first = [again[0]["slice_index"].item() for _ in range(40)]
+    first = draws(again, range(40))
     assert first == ks[:40].tolist()
-    assert [other[0]["slice_index"].item() for _ in range(40)] != first
+    assert draws(other, range(40)) != first
+    again.set_epoch(7)
+    assert len({again[0]["slice_index"].item() for _ in range(5)}) == 1
 
 
 def test_tall_slices_excluded_and_all_mode_order(vertebra_root_factory):
@@ -359,14 +370,24 @@ def test_dataloader_workers_reproducible_and_distinct(vertebra_root_factory):
     root = vertebra_root_factory({"train": {f"p{i}_20": 0 for i in range(8)}})
     ds = make(root)
 
-    def epoch_slices(seed: int) -> list[int]:
-        g = torch.Generator().manual_seed(seed)
-        dl = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2, generator=g)
-        return [k for b in dl for k in b["slice_index"].tolist()]
+    def slices(loader) -> list[int]:
+        return [k for b in loader for k in b["slice_index"].tolist()]
 
-    first, second = epoch_slices(0), epoch_slices(0)
-    assert first == second  # same loader seed: same slices
-    assert epoch_slices(1) != first  # new base seed (another epoch or run): new slices
+    def epoch_slices(epoch: int, workers: int) -> list[int]:
+        ds.set_epoch(epoch)
+        return slices(torch.utils.data.DataLoader(ds, batch_size=4, num_workers=workers))
+
+    # an item's slice is a function of (seed, epoch, index): the same whatever the workers
+    first = epoch_slices(1, 2)
+    assert first == epoch_slices(1, 2) == epoch_slices(1, 0)
+    second = epoch_slices(2, 0)
+    assert second != first  # another epoch: new slices
+    # persistent workers see the epoch set in the main process (shared memory)
+    dl = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2, persistent_workers=True)
+    ds.set_epoch(1)
+    assert slices(dl) == first
+    ds.set_epoch(2)
+    assert slices(dl) == second
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
     assert batch["A"].shape == (4, 1, 64, 64) and batch["height"].shape == (4,)
     assert batch["x1"].dtype == torch.int64 and len(batch["id"]) == 4
