@@ -29,11 +29,12 @@ from hypothesis import strategies as st
 
 import test as test_script
 import train as train_script
+from cam.heatmaps import load_classifier
 from data import create_dataset, set_epoch
+from data.check import check_dataset
 from data.vertebra_dataset import VertebraDataset, load_splits
 from models import create_model
 from options.train_options import TrainOptions
-from scripts.check_dataset import check_dataset
 from util.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from util.cli import run_main, worker_error_message
 from util.geometry import inside, split_key, volume_path
@@ -91,7 +92,7 @@ def _common(root: Path, tmp: Path, name: str = "run", netg: str = "gan") -> list
         "32",
         "--gpu_ids",
         "-1",
-        "--num_threads",
+        "--num_workers",
         "0",
         "--batch_size",
         "2",
@@ -141,10 +142,6 @@ def test_malicious_checkpoint_is_refused_before_its_payload_runs(root, tmp_path,
 
 
 def test_malicious_classifier_file_is_refused(tmp_path):
-    try:
-        from cam.heatmaps import load_classifier
-    except ImportError:  # before the move of the CAM code into a library module
-        from scripts.make_heatmaps import load_classifier
     marker = tmp_path / "pwned"
     path = tmp_path / "classifier.pth"
     torch.save({"format": 2, "classifier": {}, "config": Payload(marker)}, path)
@@ -357,7 +354,7 @@ def test_ct_values_that_are_not_the_uint8_window_are_refused(root, values, expec
     path = root / "CT" / "p1_20.nii.gz"
     ct, affine, _ = load_nifti(path)
     save_nifti(path, values(ct), affine)
-    ds = VertebraDataset.create(dataroot=root, phase="train", img_size=32)
+    ds = VertebraDataset(dataroot=root, phase="train", img_size=32, seed=0)
     with pytest.raises(ValueError, match=rf"CT/p1_20\.nii\.gz.*{expect}"):
         ds.get_sample("p1_20", ds.valid_slices("p1_20")[0])
     problems = [str(p) for p in check_dataset(root)]
@@ -371,7 +368,7 @@ def test_error_in_a_dataloader_worker_is_the_same_clear_message(root):
     messages = []
     for workers in (0, 2):
         with contextlib.redirect_stdout(io.StringIO()):
-            opt = TrainOptions([*_common(root, root.parent), "--num_threads", str(workers)]).parse()
+            opt = TrainOptions([*_common(root, root.parent), "--num_workers", str(workers)]).parse()
         loader = create_dataset(opt)
         set_epoch(loader, 1)
         with pytest.raises(ValueError) as exc:
@@ -542,6 +539,9 @@ def test_full_disk_while_saving_a_checkpoint_is_one_line_and_leaves_no_temp(root
 
 
 def test_staged_results_replace_the_previous_ones_only_on_success(tmp_path):
+    with pytest.raises(RuntimeError), staged_dir(tmp_path / "new" / "run" / "res"):
+        raise RuntimeError("the model did not load")
+    assert not list(tmp_path.iterdir())  # not even the parent folders it made
     out = tmp_path / "res"
     with staged_dir(out) as tmp:
         (tmp / "a.txt").write_text("1")

@@ -28,7 +28,7 @@ def _argv(root: Path, ckpt: Path, netg: str, name: str, *extra: str) -> list[str
     argv = ["--dataroot", str(root), "--checkpoints_dir", str(ckpt), "--name", name]
     argv += ["--netG_type", netg, "--img_size", "32", "--gpu_ids", "-1", "--batch_size", "2"]
     argv += ["--n_epochs", "2", "--n_epochs_decay", str(EPOCHS - 2), "--save_epoch_freq", "1"]
-    argv += ["--print_freq", "1", "--num_threads", "0", "--seed", "3"]
+    argv += ["--print_freq", "1", "--num_workers", "0", "--seed", "3"]
     if netg == "diffusion":  # validation too: it reseeds torch's RNG and keeps a best checkpoint
         argv += ["--eval_freq", "2", "--eval_steps", "2", "--eval_max_batches", "1"]
     return [*argv, *extra]

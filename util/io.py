@@ -79,10 +79,12 @@ def staged_dir(path: str | os.PathLike) -> Iterator[Path]:
 
     Everything written into the folder appears at ``path`` at once (a previous ``path`` is
     moved aside, then removed), so a run that fails halfway leaves the previous results (or
-    nothing), never half a report. On an exception the folder is removed. Temporary folders of
-    dead processes beside ``path`` are removed first.
+    nothing), never half a report. On an exception the folder is removed, and so are the
+    parent folders this call created. Temporary folders of dead processes beside ``path`` are
+    removed first.
     """
     path = Path(path)
+    created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_orphaned_temps(path.parent, only_dead=True, recursive=False)
@@ -106,8 +108,11 @@ def staged_dir(path: str | os.PathLike) -> Iterator[Path]:
         err.errno = exc.errno
         raise err from exc
     finally:
-        if tmp.exists():
+        if tmp.exists():  # failed: leave no trace
             shutil.rmtree(tmp, ignore_errors=True)
+            for folder in created:  # deepest first
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
 
 
 def _pid_alive(pid: int) -> bool:

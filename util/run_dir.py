@@ -79,7 +79,7 @@ class RunDir:
     process has it), remove orphaned temporary files, then refuse (``RunDirError``) a
     directory that holds another run unless ``resume`` or ``overwrite`` (which removes the
     :data:`RUN_FILES` first). On exit: release the lock, and remove ``path`` again if this
-    run created it and left nothing in it.
+    run created it (and its parents) and left nothing in it.
     """
 
     def __init__(self, path: str | os.PathLike, *, resume: bool, overwrite: bool = False) -> None:
@@ -89,10 +89,10 @@ class RunDir:
         self.resume, self.overwrite = resume, overwrite
         self.lock_path = self.path / LOCK_FILE
         self._fd: int | None = None
-        self._created = False
+        self._created: list[Path] = []
 
     def __enter__(self) -> RunDir:
-        self._created = not self.path.exists()
+        self._created = [p for p in (self.path, *self.path.parents) if not p.exists()]
         self.path.mkdir(parents=True, exist_ok=True)
         self._acquire()
         try:
@@ -161,9 +161,9 @@ class RunDir:
             self.lock_path.unlink()
         os.close(self._fd)
         self._fd = None
-        if self._created:
+        for folder in self._created:  # deepest first, only when empty
             with contextlib.suppress(OSError):
-                self.path.rmdir()  # only when empty
+                folder.rmdir()
 
     # ------------------------------------------------------------------ contents
     def _check_contents(self) -> None:
