@@ -123,6 +123,9 @@ def train(opt, options: TrainOptions | None = None, stop: StopSignals | None = N
     if validator is not None and opt.epoch_count == 1 and model.epoch_items == 0:
         # the untrained model's scores: the starting point of the validation curve
         visualizer.log_metrics(0, {f"val_{k}": v for k, v in validator(0, keep_best=False).items()})
+    if stop.requested:  # while setting up: nothing trained here, nothing to save
+        print(f"stopped by {stop.signal_name} before training", file=sys.stderr)
+        return stop.exit_code
     train_start = time.time()
     epochs = tqdm(
         range(opt.epoch_count, last_epoch + 1),
@@ -239,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     options = TrainOptions(argv)
     opt = options.parse()
     run_dir = Path(opt.checkpoints_dir) / opt.name
-    with RunDir(run_dir, resume=opt.continue_train, overwrite=opt.overwrite), StopSignals() as stop:
+    # (the lock is released while SIGTERM/SIGINT are still ours)
+    with StopSignals() as stop, RunDir(run_dir, resume=opt.continue_train, overwrite=opt.overwrite):
         if opt.continue_train:
             _choose_resume_checkpoint(opt, run_dir)
         try:
