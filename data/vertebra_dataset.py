@@ -117,7 +117,7 @@ def load_splits(dataroot: str | Path) -> dict[str, dict[str, int]]:
                 raise ValueError(f"{path}: grade of {key!r} must be an integer, got {grade!r}")
             try:
                 split_key(key)
-            except ValueError as exc:
+            except ValueError as exc:  # the message names the id; add the file
                 raise ValueError(f"{path}: {exc}") from None
             out[phase][key] = -1 if grade is None else grade
     return out
@@ -478,9 +478,8 @@ class VertebraDataset(BaseDataset):
         self._epoch.fill_(int(epoch))
 
     def item_rng(self, index: int) -> np.random.Generator:
-        """numpy Generator of item ``index`` in the current epoch, a function of (``seed``,
-        epoch, ``index``) only: epochs differ, while the slices of a run with a fixed seed do
-        not depend on the number of workers, on which worker loads an item, or on a resume."""
+        """numpy Generator of item ``index``, a function of (``seed``, epoch, ``index``) only:
+        the same whatever the workers, the worker loading the item, or a resume."""
         entropy = [self.seed % 2**64, int(self._epoch), int(index)]
         return np.random.default_rng(np.random.SeedSequence(entropy))
 

@@ -39,6 +39,11 @@ ARCHITECTURE_OPTIONS = (
     "diffusion_timesteps",
     "diffusion_beta_schedule",
     "diffusion_crop",
+    "diffusion_residual",
+    "residual_scale",
+    "zero_terminal_snr",
+    "stage1_cnum",
+    "cam_injection",
 )
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import data
 import models
-from options.presets import PRESETS, apply_preset
 from options.checks import check_name, check_options
+from options.presets import PRESETS, apply_preset
 from util.io import write_json_atomic, write_text_atomic
 from util.misc import resolve_device
 

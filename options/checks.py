@@ -27,6 +27,8 @@ RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "num_inference_steps": (1, True, None, False),
     "num_samples": (1, True, None, False),
     "diffusion_crop": (0, True, None, False),
+    "stage1_cnum": (1, True, None, False),
+    "max_train_minutes": (0.0, True, None, False),
 }
 #: Loss weights (``--lambda_L1``...) must be finite and >= 0.
 _LAMBDA = re.compile(r"lambda_\w+")

@@ -323,7 +323,7 @@ def test_orphaned_temporary_files_are_removed_at_the_start(tmp_path, capsys):
         ("gan", ["--netG_type", "diffusion"], "--netG_type"),
         ("gan", ["--img_size", "64"], "--img_size"),
         ("gan", ["--ngf", "8"], "--ngf"),
-        ("diffusion", ["--prediction_type", "v_prediction"], "--prediction_type"),
+        ("diffusion", ["--prediction_type", "sample"], "--prediction_type"),
     ],
 )
 def test_checkpoint_of_another_architecture_names_the_option(
@@ -507,7 +507,8 @@ def _limited_run(script: str, argv: list[str], max_bytes: int) -> subprocess.Com
     return subprocess.run(
         [sys.executable, "-c", _LIMITED, str(max_bytes), str(ROOT / script), *argv],
         capture_output=True,
-        text=True,
+        encoding="utf-8",
+        errors="replace",
         cwd=ROOT,
         env=env,
         timeout=300,

@@ -30,7 +30,7 @@ def _argv(root: Path, ckpt: Path, netg: str, name: str, *extra: str) -> list[str
     argv += ["--n_epochs", "2", "--n_epochs_decay", str(EPOCHS - 2), "--save_epoch_freq", "1"]
     argv += ["--print_freq", "1", "--num_workers", "0", "--seed", "3"]
     if netg == "diffusion":  # validation too: it reseeds torch's RNG and keeps a best checkpoint
-        argv += ["--eval_freq", "2", "--eval_steps", "2", "--eval_max_batches", "1"]
+        argv += ["--eval_freq", "2", "--num_inference_steps", "2", "--eval_max_batches", "1"]
     return [*argv, *extra]
 
 
@@ -43,7 +43,8 @@ def _start(argv: list[str], fault: str = "") -> subprocess.Popen:
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        text=True,
+        encoding="utf-8",  # (progress bars), whatever locale an earlier test left
+        errors="replace",
     )
 
 
@@ -93,9 +94,10 @@ def test_killed_and_resumed_run_is_bit_identical(
     root = vertebra_root_factory(SPLITS, size=64, depth=16)
     ckpt = tmp_path / "ckpt"
     proc = _start(_argv(root, ckpt, netg, "straight"))
-    _wait_for(proc, "training straight")
+    started = _wait_for(proc, "training straight")
     t0 = time.perf_counter()
     out, _ = proc.communicate(timeout=600)
+    out = started + out
     train_s = time.perf_counter() - t0  # the training loop, without the start-up
     assert proc.returncode == 0, out
     run = ckpt / "broken"
