@@ -79,23 +79,11 @@ def one_error_line(err: str) -> str:
 
 
 def _common(root: Path, tmp: Path, name: str = "run", netg: str = "gan") -> list[str]:
+    """Flags of a tiny CPU run (32 px, no worker processes) under ``tmp/ckpt/<name>``."""
+    tiny = "--img_size 32 --gpu_ids -1 --num_workers 0 --batch_size 2"
     return [
-        "--dataroot",
-        str(root),
-        "--checkpoints_dir",
-        str(tmp / "ckpt"),
-        "--name",
-        name,
-        "--netG_type",
-        netg,
-        "--img_size",
-        "32",
-        "--gpu_ids",
-        "-1",
-        "--num_workers",
-        "0",
-        "--batch_size",
-        "2",
+        *("--dataroot", str(root), "--checkpoints_dir", str(tmp / "ckpt")),
+        *("--name", name, "--netG_type", netg, *tiny.split()),
     ]
 
 
