@@ -44,11 +44,11 @@ PYEOF
 
 echo "[demo] 3/6 training the GAN generator (${EPOCHS}+${DECAY} epochs, demo budget)"
 run train_gan "$PY" train.py "${COMMON[@]}" --name demo_gan --netG_type gan \
-    --n_epochs "$EPOCHS" --n_epochs_decay "$DECAY" --save_epoch_freq 100 --print_freq 200
+    --n_epochs "$EPOCHS" --n_epochs_decay "$DECAY" --save_epoch_freq 100 --print_freq 200 --overwrite
 
 echo "[demo] 4/6 training the diffusion generator (${EPOCHS}+${DECAY} epochs, demo budget)"
 run train_diffusion "$PY" train.py "${COMMON[@]}" --name demo_diffusion --netG_type diffusion \
-    --n_epochs "$EPOCHS" --n_epochs_decay "$DECAY" --save_epoch_freq 100 --print_freq 200
+    --n_epochs "$EPOCHS" --n_epochs_decay "$DECAY" --save_epoch_freq 100 --print_freq 200 --overwrite
 
 echo "[demo] 5/6 evaluating both on the test split"
 run test_gan "$PY" test.py "${COMMON[@]}" --name demo_gan --netG_type gan --results_dir results
