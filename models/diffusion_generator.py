@@ -41,6 +41,8 @@ from util.geometry import band_px, scaled_px
 
 #: ``--diffusion_weighting``: weight of L_diff on the x0-MSE scale.
 WEIGHTINGS = ("minsnr", "minsnr1")
+#: ``--diffusion_heads``: what gives the segmentations and heights of the fill / none designs.
+HEAD_MODES = ("segmenter", "denoiser")
 
 
 def crop_rows_for(img_size: int, crop_at_256: int) -> int:
@@ -82,6 +84,11 @@ class DiffusionGenerator(Generator):
         head_grad_scale: gradient the denoiser's auxiliary heads send into its trunk (0 =
             probes on detached features); irrelevant with ``residual="stage1"``, where the
             heads' outputs come from the stage-1 network.
+        heads: where the segmentations and heights come from (``residual`` fill / none):
+            ``"segmenter"``, a deterministic :class:`Stage1Net` of width ``stage1_cnum`` that
+            reads the image estimate (in training: the denoiser's detached x0; in sampling: the
+            sample), trained by the shared Dice / edge / height losses; ``"denoiser"``, the
+            denoiser's own heads (at sampling: one more call at t = 0 on the sample).
         crop_rows: the U-Nets run on the central ``crop_rows`` x S rows (band plus context);
             outside them the segmentations are 0 and the CT is the input context.
         cnum: base width of the denoiser U-Net.
@@ -117,6 +124,7 @@ class DiffusionGenerator(Generator):
         stage1_cnum: int = 16,
         image_grad: str = "stage1",
         head_grad_scale: float = 0.0,
+        heads: str = "segmenter",
         crop_rows: int | None = None,
         cnum: int = 32,
     ) -> None:
@@ -143,6 +151,7 @@ class DiffusionGenerator(Generator):
             ("--diffusion_weighting", weighting, WEIGHTINGS),
             ("--diffusion_residual", residual, RESIDUAL_MODES),
             ("--image_grad", image_grad, ("both", "stage1")),
+            ("--diffusion_heads", heads, HEAD_MODES),
         ):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
@@ -168,6 +177,8 @@ class DiffusionGenerator(Generator):
         )
         self.unet = DiffusionUNet(cnum=cnum, head_grad_scale=head_grad_scale)
         self.stage1 = Stage1Net(stage1_cnum) if residual == "stage1" else None
+        use_segmenter = heads == "segmenter" and self.stage1 is None
+        self.segmenter = Stage1Net(stage1_cnum) if use_segmenter else None
         #: diagnostics of the last training_forward (detached, on the CPU): t, per-sample MSE
         #: in the predicted parameterisation ("mse") and of the image-space x0 ("x0_mse").
         self.last_stats: dict[str, Tensor] = {}
@@ -219,6 +230,9 @@ class DiffusionGenerator(Generator):
         g.add_argument("--head_grad_scale", type=float, default=d["head_grad_scale"],
                        help="gradient the denoiser's auxiliary heads send into its trunk: 1 = "
                             "all, 0 = none (probes); unused with --diffusion_residual stage1")
+        g.add_argument("--diffusion_heads", default=d["heads"], choices=HEAD_MODES,
+                       help="segmentations and heights from a small segmenter of the image "
+                            "estimate, or from the denoiser's own heads (fill / none residual)")
         g.add_argument("--diffusion_crop", type=int, default=96,
                        help="rows (at 256 px, scaled with --img_size) of the central crop the "
                             "U-Nets see: the band plus context; 0 = the whole slice")
@@ -251,6 +265,7 @@ class DiffusionGenerator(Generator):
             stage1_cnum=opt.stage1_cnum,
             image_grad=opt.image_grad,
             head_grad_scale=opt.head_grad_scale,
+            heads=opt.diffusion_heads,
             crop_rows=crop_rows_for(opt.img_size, opt.diffusion_crop),
         )
 
@@ -275,19 +290,25 @@ class DiffusionGenerator(Generator):
             )
 
     def _denoise(
-        self, x_t: Tensor, t: Tensor | None, inp: GeneratorInput, context: Tensor | None = None
+        self,
+        x_t: Tensor,
+        t: Tensor | None,
+        inp: GeneratorInput,
+        context: Tensor | None = None,
+        net: Stage1Net | None = None,
     ) -> UNetOutput:
-        """Run the denoiser (``t`` given) or stage 1 (``t`` None) on the central crop and paste
-        the outputs into full-size maps. ``context``: the conditioning CT channel (default
-        ``inp.masked_ct``)."""
+        """Run the denoiser (``t`` given) or a deterministic ``net`` (``t`` None; default stage
+        1) on the central crop and paste the outputs into full-size maps. ``context``: the
+        conditioning CT channel (default ``inp.masked_ct``)."""
         h = x_t.shape[-2]
         r0, r1 = self.crop_bounds(h)
         rows = slice(r0, r1)
         ctx = inp.masked_ct if context is None else context
         args = (x_t[..., rows, :], ctx[..., rows, :], inp.band_mask[..., rows, :])
         if t is None:
-            assert self.stage1 is not None
-            out = self.stage1(*args, inp.cam[..., rows, :], inp.slice_ratio)
+            net = self.stage1 if net is None else net
+            assert net is not None
+            out = net(*args, inp.cam[..., rows, :], inp.slice_ratio)
         else:
             out = self.unet(*args, inp.cam[..., rows, :], t, inp.slice_ratio)
         if r0 == 0 and r1 == h:
@@ -396,6 +417,8 @@ class DiffusionGenerator(Generator):
             x0_weight = torch.ones_like(snr)
         else:
             heads = out
+            if self.segmenter is not None:  # reads the image estimate, not the trunk's features
+                heads = self._denoise(x0.detach(), None, inp, net=self.segmenter)
             x_stage1 = compose((mu + out.x0_coarse).clamp(-1.0, 1.0), ctx, mask)
             x_stage2 = x0.detach() if self.image_grad == "stage1" else x0
             x0_weight = snr.clamp(max=self.snr_gamma) / self.snr_gamma
@@ -476,14 +499,18 @@ class DiffusionGenerator(Generator):
     def _heads_on_sample(
         self, res: SampleOutput, inp: GeneratorInput, mu: Tensor, cond: Tensor
     ) -> SampleOutput:
-        """Segmentations and heights from one more denoiser call at t = 0 on the final (mean)
-        sample: the last sampler step runs at t = T/n - 1 (trailing), too noisy for the heads
-        at few steps (64 px, 1 / 2 DDIM steps: Dice 0.53 / 0.66, RHDR 82 / 40 % without it)."""
+        """Segmentations and heights of the final (mean) sample: from the segmenter, or from
+        one more denoiser call at t = 0 (the last sampler step runs at t = T/n - 1, trailing,
+        too noisy for the heads at few steps: 64 px, 1 / 2 DDIM steps: Dice 0.53 / 0.66, RHDR
+        82 / 40 % without it)."""
         o = res.outputs
-        mask = inp.band_mask.to(inp.masked_ct.dtype)
-        z = self._to_z(o.x_stage2, mu, inp.masked_ct, mask)
-        t0 = torch.zeros(z.shape[0], dtype=torch.long, device=z.device)
-        h = self._denoise(z, t0, inp, cond)
+        if self.segmenter is not None:
+            h = self._denoise(o.x_stage2, None, inp, net=self.segmenter)
+        else:
+            mask = inp.band_mask.to(inp.masked_ct.dtype)
+            z = self._to_z(o.x_stage2, mu, inp.masked_ct, mask)
+            t0 = torch.zeros(z.shape[0], dtype=torch.long, device=z.device)
+            h = self._denoise(z, t0, inp, cond)
         f = o.x_stage2.dtype
         heads = {k: getattr(h, k).to(f) for k in ("coarse_seg", "fine_seg", "pred1_h", "pred2_h")}
         return res._replace(outputs=o._replace(**heads))
