@@ -41,13 +41,16 @@ class Variant:
 #: The two generators with their defaults.
 BASE = (Variant("gan", "gan"), Variant("diffusion", "diffusion"))
 #: ``--ablation`` names: one diffusion component switched off (or, ``stage1``, the opt-in
-#: predict-then-refine mean switched on) each; SHRM has no switch yet.
+#: predict-then-refine mean switched on; ``probe_heads``, the segmenter replaced by the
+#: denoiser's own heads) each.
 ABLATIONS = {
     "no_cam": Variant("diffusion_no_cam", "diffusion", ("--no_cam",)),
     "no_gan": Variant("diffusion_no_gan", "diffusion", ("--lambda_GAN", "0")),
     "no_edge": Variant("diffusion_no_edge", "diffusion", ("--lambda_edge", "0")),
     "no_minsnr": Variant("diffusion_no_minsnr", "diffusion", ("--snr_gamma", "0")),
+    "no_shrm": Variant("diffusion_no_shrm", "diffusion", ("--shrm", "off")),
     "stage1": Variant("diffusion_stage1", "diffusion", ("--diffusion_residual", "stage1")),
+    "probe_heads": Variant("diffusion_probe_heads", "diffusion", ("--diffusion_heads", "denoiser")),
 }
 
 

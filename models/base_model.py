@@ -44,6 +44,8 @@ ARCHITECTURE_OPTIONS = (
     "zero_terminal_snr",
     "stage1_cnum",
     "cam_injection",
+    "diffusion_heads",
+    "shrm",
 )
 
 

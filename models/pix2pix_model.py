@@ -40,7 +40,7 @@ from models.losses import (
     sobel_edge_loss,
     two_stage_l1_loss,
 )
-from models.shrm import restored_height_rows, shrm_compose_on_truth, shrm_outputs
+from models.shrm import ShrmOutput, shrm_compose_on_truth, shrm_outputs
 from models.training_choices import add_training_choice_options
 from util.geometry import band_px
 
@@ -116,6 +116,13 @@ class Pix2PixModel(BaseModel):
             help="sampling steps per slice at inference (validation, test.py, whole-vertebra "
             "synthesis); default: the generator's own (diffusion: see DIFFUSION_QUICKSTART.md); "
             "one-pass generators (gan) ignore it",
+        )
+        g.add_argument(
+            "--shrm",
+            default="on",
+            choices=["on", "off"],
+            help="SHRM height restoration of the generated band in training and at inference; "
+            "off (an ablation) keeps the band as the generator drew it",
         )
         g.add_argument(
             "--ema_decay",
@@ -230,7 +237,7 @@ class Pix2PixModel(BaseModel):
         self.aux_losses = {k: v.float() for k, v in result.aux_losses.items()}
         self.x0_weight = result.x0_weight.float().detach()
         self.outputs = _as_float(result.outputs)
-        composed = shrm_outputs(self.outputs, self.height, self.h2).composed
+        composed = self._shrm(self.outputs, self.height).composed
         self.fake_B1, self.fake_B = composed.x_stage1, composed.x_stage2
         self.coarse_seg, self.fine_seg = composed.coarse_seg, composed.fine_seg
 
@@ -262,7 +269,7 @@ class Pix2PixModel(BaseModel):
                 inp, steps=self.default_steps if steps is None else steps, generator=generator
             )
         raw = _as_float(out.outputs)
-        shrm = shrm_outputs(raw, height, self.h2)
+        shrm = self._shrm(raw, height)
         return InferenceOutput(
             fake_B=shrm.composed.x_stage2,
             fake_B1=shrm.composed.x_stage1,
@@ -276,14 +283,17 @@ class Pix2PixModel(BaseModel):
             steps=out.steps,
         )
 
+    def _shrm(self, outputs: GeneratorOutput, height: Tensor) -> ShrmOutput:
+        """SHRM as ``--shrm`` asks (training and inference alike)."""
+        return shrm_outputs(outputs, height, self.h2, restore=self.opt.shrm == "on")
+
     # ------------------------------------------------------------------ losses
     def loss_views(self) -> LossViews:
         """The composed images the losses and discriminators see (``--shrm_context``,
         ``--seg_losses``): by default :meth:`compose`'s, as at inference."""
         o = self.outputs
         if self.opt.shrm_context == "truth":
-            rows1 = restored_height_rows(o.pred1_h, self.height, self.h2)
-            rows2 = restored_height_rows(o.pred2_h, self.height, self.h2)
+            _, rows1, rows2 = self._shrm(o, self.height)
             ct1 = shrm_compose_on_truth(o.x_stage1, self.real_B, rows1, self.height)
             ct2 = shrm_compose_on_truth(o.x_stage2, self.real_B, rows2, self.height)
         else:

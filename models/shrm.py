@@ -175,7 +175,9 @@ def shrm_compose_on_truth(
     return torch.where(from_band[:, None, :, None], picked_band, picked_truth)
 
 
-def shrm_outputs(outputs: GeneratorOutput, measured_h: Tensor, h2: int) -> ShrmOutput:
+def shrm_outputs(
+    outputs: GeneratorOutput, measured_h: Tensor, h2: int, *, restore: bool = True
+) -> ShrmOutput:
     """Apply SHRM to a generator's seven outputs: what the model feeds its losses and
     discriminators in training and returns at inference (one composition for both).
 
@@ -190,9 +192,15 @@ def shrm_outputs(outputs: GeneratorOutput, measured_h: Tensor, h2: int) -> ShrmO
         measured_h: (B,) measured vertebra height in rows (the dataset's ``height``).
         h2: band height in rows.
 
+        restore: ``False`` (``--shrm off``, an ablation): no restoration, the outputs as the
+            generator drew them; both stages' rows are ``h2`` (the whole band kept).
+
     Returns:
         :class:`ShrmOutput`: the composed outputs and the restored rows of each stage.
     """
+    if not restore:
+        whole = torch.full_like(measured_h.reshape(-1), h2, dtype=torch.long)
+        return ShrmOutput(outputs, whole, whole.clone())
     rows1 = restored_height_rows(outputs.pred1_h, measured_h, h2)
     rows2 = restored_height_rows(outputs.pred2_h, measured_h, h2)
     composed = outputs._replace(

@@ -380,19 +380,27 @@ def _count_calls(net: nn.Module) -> list[int]:
     return calls
 
 
-@pytest.mark.parametrize("residual", ["fill", "stage1"])
-def test_sampler_flag_reaches_sample_and_steps_are_honoured(residual):
+@pytest.mark.parametrize(
+    "residual,heads", [("fill", "segmenter"), ("fill", "denoiser"), ("stage1", "segmenter")]
+)
+def test_sampler_flag_reaches_sample_and_steps_are_honoured(residual, heads):
     inp, _ = _batch()
     outs = {}
     for name in ("ddim", "dpmsolver++"):
-        gen = _gen(sampler=name, residual=residual)
+        gen = _gen(sampler=name, residual=residual, heads=heads)
         _randomize(gen)
         calls = _count_calls(gen.unet)
+        seg_calls = _count_calls(gen.segmenter) if gen.segmenter is not None else []
+        assert (gen.segmenter is not None) == (residual == "fill" and heads == "segmenter")
         for steps in (3, 4, 5):
             calls.clear()
+            seg_calls.clear()
             res = gen.sample(inp, steps=steps, generator=torch.Generator().manual_seed(0))
-            # one call per step, plus the heads' call on the sample (not with stage 1)
-            assert len(calls) == steps + (residual != "stage1") and res.steps == steps
+            # one denoiser call per step; the heads: one segmenter call on the sample, or one
+            # more denoiser call at t = 0 (with stage 1: stage 1's heads)
+            extra = residual == "fill" and heads == "denoiser"
+            assert len(calls) == steps + extra and res.steps == steps
+            assert len(seg_calls) == (1 if gen.segmenter is not None else 0)
             _check_seven(res.outputs, inp, 2, 64)
             assert bool(torch.isfinite(res.outputs.x_stage2).all())
         outs[name] = res.outputs.x_stage2
@@ -416,3 +424,24 @@ def test_argparse_defaults_are_the_constructor_defaults():
     assert a.residual_scale == b.residual_scale and a.image_grad == b.image_grad
     for name in ("prediction_type", "timestep_spacing", "rescale_zero_terminal_snr"):
         assert getattr(a.scheduler, name) == getattr(b.scheduler, name), name
+
+
+def test_segmenter_reads_the_image_estimate_in_training_and_the_sample_at_inference():
+    """--diffusion_heads segmenter: the segmentations and heights are the segmenter's on the
+    denoiser's detached x0 (training) and on the final sample (inference), and the image
+    losses reach the segmenter, not the denoiser."""
+    inp, target = _batch()
+    gen = _gen()
+    _randomize(gen)
+    seen = []
+    gen.segmenter.register_forward_hook(lambda m, args, out: seen.append(args[0].detach()))
+    res = gen.sample(inp, steps=2, generator=torch.Generator().manual_seed(0))
+    r0, r1 = gen.crop_bounds(64)
+    torch.testing.assert_close(seen[-1], res.outputs.x_stage2[..., r0:r1, :])
+    out = gen.training_forward(inp, target, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(seen[-1], out.outputs.x_stage2[..., r0:r1, :].detach())
+    gen.zero_grad()
+    (out.outputs.fine_seg.mean() + out.outputs.pred2_h.mean()).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in gen.segmenter.parameters())
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in gen.unet.parameters())
+
