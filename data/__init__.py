@@ -46,10 +46,23 @@ class EpochSampler(Sampler[int]):
     """Order of the items of an epoch, a function of ``(seed, epoch)`` only (a permutation when
     ``shuffle``, else ``0..n-1``), so that a resumed run sees the same order as an
     uninterrupted one. :meth:`set_epoch` chooses the epoch and how many items of it were
-    already trained (they are skipped, not loaded)."""
+    already trained (they are skipped, not loaded).
 
-    def __init__(self, n: int, *, seed: int, shuffle: bool) -> None:
+    With ``world_size`` > 1 (torchrun) it is also torch's ``DistributedSampler``: process
+    ``rank`` takes every ``world_size``-th item of the order left after the skipped ones,
+    padded with the first ones so that every process has as many (as many batches). So the
+    k-th batches of all processes together are the k-th batch of one process with
+    ``world_size`` times the batch size, and ``skip`` counts items of the whole order: a run
+    resumes with any number of processes (:meth:`position`). (``DistributedSampler`` itself
+    cannot skip, and its order is not this one.)"""
+
+    def __init__(
+        self, n: int, *, seed: int, shuffle: bool, rank: int = 0, world_size: int = 1
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} of {world_size} processes")
         self.n, self.seed, self.shuffle = int(n), int(seed), bool(shuffle)
+        self.rank, self.world_size = rank, world_size
         self.epoch, self.skip = 1, 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
@@ -62,10 +75,20 @@ class EpochSampler(Sampler[int]):
             order = torch.randperm(self.n, generator=g).tolist()
         else:
             order = list(range(self.n))
-        return iter(order[self.skip :])
+        order = order[self.skip :]
+        if self.world_size > 1 and order:
+            pad = len(self) * self.world_size - len(order)
+            order = (order + order * (pad // len(order) + 1))[: len(order) + pad]
+            order = order[self.rank :: self.world_size]
+        return iter(order)
 
     def __len__(self) -> int:
-        return max(0, self.n - self.skip)
+        return -(-max(0, self.n - self.skip) // self.world_size)
+
+    def position(self, taken: int) -> int:
+        """Items of the epoch's order trained once each process has taken ``taken`` of this
+        epoch's items (the ``skip`` of a run resumed there)."""
+        return min(self.n, self.skip + taken * self.world_size)
 
 
 class ClearErrorLoader(DataLoader):
@@ -96,7 +119,7 @@ def _worker_init(worker_id: int) -> None:
     shield_from_stop_signals()
 
 
-def create_dataset(opt: argparse.Namespace) -> ClearErrorLoader:
+def create_dataset(opt: argparse.Namespace, rank: int = 0, world_size: int = 1) -> ClearErrorLoader:
     """Dataset chosen by ``opt.dataset_mode`` in a ``DataLoader`` whose item order is an
     :class:`EpochSampler` (shuffled when training, unless ``--serial_batches``).
 
@@ -104,12 +127,16 @@ def create_dataset(opt: argparse.Namespace) -> ClearErrorLoader:
     epoch, item)`` (call :func:`set_epoch` before each epoch), whatever the number of workers,
     so that a resumed run is bit-identical to an uninterrupted one. Workers leave SIGINT and
     SIGTERM to the main process, and their errors come back as the worker's own message.
+    ``rank`` of ``world_size`` (torchrun) loads its share of each batch (:class:`EpochSampler`);
+    on CUDA the batches come in pinned memory (asynchronous copies to the GPU).
     """
     dataset = find_dataset(opt.dataset_mode).from_opt(opt)
     if len(dataset) > opt.max_dataset_size:
         dataset = Subset(dataset, range(int(opt.max_dataset_size)))
     shuffle = opt.isTrain and not opt.serial_batches
-    sampler = EpochSampler(len(dataset), seed=opt.seed, shuffle=shuffle)
+    sampler = EpochSampler(
+        len(dataset), seed=opt.seed, shuffle=shuffle, rank=rank, world_size=world_size
+    )
     # a generator of its own keeps the DataLoader from drawing on torch's global RNG
     generator = torch.Generator()
     generator.manual_seed(opt.seed)
@@ -122,6 +149,7 @@ def create_dataset(opt: argparse.Namespace) -> ClearErrorLoader:
         worker_init_fn=_worker_init if opt.num_workers > 0 else None,
         persistent_workers=opt.num_workers > 0 and opt.isTrain,
         drop_last=False,
+        pin_memory=str(getattr(opt, "device", "cpu")).startswith("cuda"),
     )
     if getattr(opt, "verbose", False):
         print(f"dataset [{type(dataset).__name__}] with {len(dataset)} items was created")

@@ -22,6 +22,7 @@ from util.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from util.distributed import average_gradients, broadcast_state_, sync_batchnorm_
 from util.registry import Registry
 
 OptionSetter = Callable[[argparse.ArgumentParser, bool], argparse.ArgumentParser]
@@ -70,6 +71,7 @@ class BaseModel(abc.ABC):
         self.epoch = 0  # last completed epoch
         self.total_iters = 0  # training samples seen
         self.epoch_items = 0  # samples of epoch ``epoch + 1`` already trained (a stopped run)
+        self.world_size = 1  # processes training together (:meth:`distribute`)
 
     # ------------------------------------------------------------------ hooks
     @staticmethod
@@ -106,6 +108,27 @@ class BaseModel(abc.ABC):
 
     def compute_visuals(self) -> None:
         """Derive extra visuals after :meth:`forward`."""
+
+    def extra_modules(self) -> list[nn.Module]:
+        """Modules beyond :meth:`networks` whose state every rank must share (e.g. the EMA)."""
+        return []
+
+    # ------------------------------------------------------------------ distributed
+    def distribute(self, world_size: int) -> None:
+        """Train as one of ``world_size`` processes (``torchrun``; the process group is up):
+        BatchNorm layers normalise over the global batch, every rank starts from rank 0's
+        weights, and :meth:`sync_gradients` averages the gradients. Call before :meth:`setup`
+        (every rank then loads the same checkpoint when resuming)."""
+        self.world_size = world_size
+        for net in self.networks().values():
+            sync_batchnorm_(net)
+        broadcast_state_([*self.networks().values(), *self.extra_modules()])
+
+    def sync_gradients(self, net: nn.Module) -> None:
+        """Average the gradients of ``net`` over the processes (nothing for one process); call
+        between the backward pass and the optimiser step."""
+        if self.world_size > 1:
+            average_gradients(net.parameters())
 
     # ------------------------------------------------------------------ setup
     def setup(self, opt: argparse.Namespace) -> None:
@@ -162,6 +185,7 @@ class BaseModel(abc.ABC):
             "epoch": self.epoch,
             "epoch_items": self.epoch_items,
             "total_iters": self.total_iters,
+            "world_size": self.world_size,
             "networks": {name: net.state_dict() for name, net in self.networks().items()},
             "optimizers": [o.state_dict() for o in self.optimizers],
             "schedulers": [s.state_dict() for s in self.schedulers],
@@ -197,6 +221,13 @@ class BaseModel(abc.ABC):
         self.epoch = _entry(ckpt, "epoch", int, path)
         self.total_iters = _entry(ckpt, "total_iters", int, path)
         self.epoch_items = int(ckpt.get("epoch_items", 0))
+        saved_world = int(ckpt.get("world_size", 1))
+        if resume and saved_world != self.world_size:
+            print(
+                f"note: {path} was trained by {saved_world} process(es), this run has "
+                f"{self.world_size}: the global batch changes with it (--batch_size is "
+                "per process)"
+            )
         if resume:
             self._resume_from(ckpt, path)
         print(f"loaded checkpoint {path} (epoch {self.epoch}, {self.total_iters} samples)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -22,6 +23,12 @@ import torch
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel
 
+from models.acceleration import (
+    AUTOCAST_DTYPES,
+    add_acceleration_options,
+    compile_modules,
+    to_device,
+)
 from models.base_model import MODELS, BaseModel, OptionSetter
 from models.discriminators import (
     GANLoss,
@@ -42,7 +49,9 @@ from models.losses import (
 )
 from models.shrm import ShrmOutput, shrm_compose_on_truth, shrm_outputs
 from models.training_choices import add_training_choice_options
+from util.distributed import any_rank
 from util.geometry import band_px
+from util.misc import resolve_precision
 
 
 class LossViews(NamedTuple):
@@ -101,14 +110,7 @@ class Pix2PixModel(BaseModel):
         parser: argparse.ArgumentParser, is_train: bool
     ) -> argparse.ArgumentParser:
         g = parser.add_argument_group("pix2pix model")
-        g.add_argument(
-            "--precision",
-            default="fp32",
-            choices=["fp32", "bf16"],
-            help="bf16 runs the networks under autocast in training and at inference, for "
-            "every generator type (fast on CPUs with AMX/AVX512-BF16 and recent GPUs); losses "
-            "and the diffusion scheduler stay in fp32",
-        )
+        add_acceleration_options(g)
         g.add_argument(
             "--num_inference_steps",
             type=int,
@@ -162,7 +164,8 @@ class Pix2PixModel(BaseModel):
         self.netG: Generator = gen_cls.from_opt(opt).to(self.device)
         self.model_names = ["G"]
         self.h2 = band_px(opt.img_size)
-        self.autocast_dtype = torch.bfloat16 if opt.precision == "bf16" else None
+        self.precision = resolve_precision(opt.precision, self.device)
+        self.autocast_dtype = AUTOCAST_DTYPES.get(self.precision)
         # The one reading of --num_inference_steps: the default of infer(steps=...).
         self.default_steps: int | None = opt.num_inference_steps
         if self.default_steps is not None and self.default_steps < 1:
@@ -206,6 +209,15 @@ class Pix2PixModel(BaseModel):
                 self.netD.parameters(), lr=opt.lr_D or opt.lr, betas=(opt.beta1, 0.999)
             )
             self.optimizers = [self.optimizer_G, self.optimizer_D]
+            # fp16 gradients underflow without loss scaling; disabled, a scaler is a no-op
+            fp16 = self.precision == "fp16"
+            self.scalers = {
+                name: torch.amp.GradScaler(self.device.type, enabled=fp16) for name in "DG"
+            }
+        if getattr(opt, "compile", None):
+            # the generator runs through training_forward / sample: compile its parts
+            nets = [*self.netG.children(), *(self.ema.module.children() if self.ema else [])]
+            compile_modules([*nets, *([self.netD] if self.isTrain else [])], opt.compile)
 
     # ------------------------------------------------------------------ data
     def set_input(self, batch: dict[str, Any]) -> None:
@@ -214,12 +226,12 @@ class Pix2PixModel(BaseModel):
         dev = self.device
         self.inp, self.height = batch_input(batch, dev)
         self.real_A, self.mask = self.inp.masked_ct, self.inp.band_mask
-        self.cam = batch["CAM"].to(dev)  # the CAM as a visual; the generator sees 1 - CAM
-        self.real_B = batch["B"].to(dev)
-        self.vert_mask = batch["vert_mask"].to(dev)
-        self.normal_vert = batch["normal_vert"].to(dev)
+        self.cam = to_device(batch["CAM"], dev)  # the CAM as a visual; the generator sees 1 - CAM
+        self.real_B = to_device(batch["B"], dev)
+        self.vert_mask = to_device(batch["vert_mask"], dev)
+        self.normal_vert = to_device(batch["normal_vert"], dev)
         context = batch.get("normal_vert_context")
-        self.normal_vert_context = None if context is None else context.to(dev)
+        self.normal_vert_context = None if context is None else to_device(context, dev)
         self.ids = list(batch.get("id", []))
 
     def _autocast(self):
@@ -314,7 +326,7 @@ class Pix2PixModel(BaseModel):
             )
         for name, value in losses.items():
             setattr(self, f"loss_{name}", value.float())
-        _backward_if_finite(sum(v.float() for v in losses.values()), "discriminator")
+        self._backward(sum(v.float() for v in losses.values()), "D")
 
     def _coarse_dice(self, smooth: float) -> Tensor:
         """(B,) Dice loss of the coarse segmentation (``--coarse_dice_target``)."""
@@ -371,18 +383,36 @@ class Pix2PixModel(BaseModel):
             setattr(self, f"loss_G_{name}", value)
             total = total + self.aux_weights[name] * value
         self.loss_G = total
-        _backward_if_finite(total, "generator")
+        self._backward(total, "G")
+
+    def _backward(self, loss: Tensor, net: str) -> None:
+        """Backpropagate the loss of ``net`` ("D" or "G"), scaled under fp16, refusing a
+        NaN/inf loss before it can corrupt the weights (on every rank when one has it)."""
+        value = float(loss.detach())
+        bad = not math.isfinite(value)
+        if any_rank(bad):
+            what = {"D": "discriminator", "G": "generator"}[net]
+            where = "" if bad else " on another process"
+            raise FloatingPointError(f"the {what} loss is {value if bad else 'not finite'}{where}")
+        self.scalers[net].scale(loss).backward()
+
+    def _step(self, net: str) -> None:
+        """Average ``net``'s gradients over the processes, then its optimiser step."""
+        self.sync_gradients(getattr(self, f"net{net}"))
+        scaler = self.scalers[net]
+        scaler.step(getattr(self, f"optimizer_{net}"))
+        scaler.update()
 
     def optimize_parameters(self) -> None:
         self.forward()
         self.netD.requires_grad_(True)
         self.optimizer_D.zero_grad(set_to_none=True)
         self.backward_D()
-        self.optimizer_D.step()
+        self._step("D")
         self.netD.requires_grad_(False)
         self.optimizer_G.zero_grad(set_to_none=True)
         self.backward_G()
-        self.optimizer_G.step()
+        self._step("G")
         if self.ema is not None:
             self.ema.update_parameters(self.netG)
 
@@ -403,10 +433,19 @@ class Pix2PixModel(BaseModel):
         if self.ema is not None:
             self.ema.eval()
 
+    def extra_modules(self) -> list[torch.nn.Module]:
+        return [] if self.ema is None else [self.ema]
+
     def extra_state(self) -> dict[str, Any]:
-        return {"ema": self.ema.state_dict()} if self.ema is not None else {}
+        state: dict[str, Any] = {} if self.ema is None else {"ema": self.ema.state_dict()}
+        if self.isTrain and self.precision == "fp16":
+            state["scalers"] = {k: s.state_dict() for k, s in self.scalers.items()}
+        return state
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
+        if self.isTrain and "scalers" in state and self.precision == "fp16":
+            for k, scaler in self.scalers.items():
+                scaler.load_state_dict(state["scalers"][k])
         if self.ema is None:
             return
         if "ema" not in state:
@@ -439,20 +478,13 @@ def batch_input(batch: dict[str, Any], device: torch.device) -> tuple[GeneratorI
     """The generator's input and the measured heights (B,) in rows of a collated batch, on
     ``device``. HGAM: the generator sees the inverted CAM, as the original."""
     inp = GeneratorInput(
-        masked_ct=batch["A"].to(device),
-        band_mask=batch["mask"].to(device),
-        cam=1.0 - batch["CAM"].to(device),
-        slice_ratio=batch["slice_ratio"].to(device).float().reshape(-1),
+        masked_ct=to_device(batch["A"], device),
+        band_mask=to_device(batch["mask"], device),
+        cam=1.0 - to_device(batch["CAM"], device),
+        slice_ratio=to_device(batch["slice_ratio"], device).float().reshape(-1),
     )
-    return inp, batch["height"].to(device).float().reshape(-1)
+    return inp, to_device(batch["height"], device).float().reshape(-1)
 
 
 def _as_float(o: GeneratorOutput) -> GeneratorOutput:
     return GeneratorOutput(*(t.float() for t in o))
-
-
-def _backward_if_finite(loss: Tensor, what: str) -> None:
-    """Backpropagate, refusing a NaN/inf loss before it can corrupt the weights."""
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"the {what} loss is {loss.item()}")
-    loss.backward()

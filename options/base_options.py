@@ -94,7 +94,13 @@ class BaseOptions:
             help="slice size in pixels; every pixel constant (the 40-row band, "
             "the 70-row D_3 band) scales with it",
         )
-        g.add_argument("--batch_size", type=_positive_int, default=4, help="input batch size")
+        g.add_argument(
+            "--batch_size",
+            type=_positive_int,
+            default=4,
+            help="input batch size, per process under torchrun (the global batch is the "
+            "number of processes times it)",
+        )
         g.add_argument(
             "--num_workers",
             type=_non_negative_int,

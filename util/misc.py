@@ -40,6 +40,25 @@ def resolve_device(gpu_ids: str | list[int]) -> tuple[str, list[int]]:
     return (f"cuda:{ids[0]}" if ids else "cpu"), ids
 
 
+#: ``--precision`` choices: ``auto`` picks per device (:func:`resolve_precision`).
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+
+
+def resolve_precision(precision: str, device: str | torch.device) -> str:
+    """``--precision`` for ``device``: fp32, bf16 and fp16 as given; ``auto`` = bf16 on a GPU
+    of compute capability >= 8.0 (Ampere or newer: fast bf16, no loss scaling), fp16 on an
+    older GPU (run with gradient scaling), fp32 on the CPU (bf16 pays only on CPUs with
+    AVX512-BF16/AMX: ask for it explicitly)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    device = torch.device(device)
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp16"
+
+
 def add_device_options(parser: argparse.ArgumentParser) -> None:
     """``--gpu_ids`` and ``--num_threads`` (torch CPU threads) of the stand-alone tools;
     train.py and test.py take ``--gpu_ids`` from ``options/``, where ``--num_workers`` counts

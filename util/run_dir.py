@@ -218,6 +218,13 @@ class StopSignals:
             flush=True,
         )
 
+    def note(self, signum: int) -> None:
+        """Record ``signum`` as if received (another process of the job received it), unless a
+        signal was already recorded."""
+        if not self.requested:
+            self.signal_name = signal.Signals(signum).name
+            self.exit_code = 128 + signum
+
     def __enter__(self) -> StopSignals:
         with contextlib.suppress(ValueError):  # not the main thread
             for sig in self.SIGNALS:
