@@ -219,18 +219,18 @@ class DiffusionGenerator(Generator):
         context: Tensor | None = None,
         net: Stage1Net | None = None,
     ) -> UNetOutput:
-        """Run the denoiser (``t`` given) or a deterministic ``net`` (``t`` None; default stage
-        1) on the central crop and paste the outputs into full-size maps. ``context``: the
+        """Run the denoiser, or ``net`` (the segmenter; stage 1 when ``t`` is None) at ``t`` (None:
+        0), on the central crop and paste the outputs into full-size maps. ``context``: the
         conditioning CT channel (default ``inp.masked_ct``)."""
         h = x_t.shape[-2]
         r0, r1 = self.crop_bounds(h)
         rows = slice(r0, r1)
         ctx = inp.masked_ct if context is None else context
         args = (x_t[..., rows, :], ctx[..., rows, :], inp.band_mask[..., rows, :])
-        if t is None:
-            net = self.stage1 if net is None else net
-            assert net is not None
-            out = net(*args, inp.cam[..., rows, :], inp.slice_ratio)
+        if net is None and t is None:
+            net = self.stage1
+        if net is not None:
+            out = net(*args, inp.cam[..., rows, :], inp.slice_ratio, t)
         else:
             out = self.unet(*args, inp.cam[..., rows, :], t, inp.slice_ratio)
         if r0 == 0 and r1 == h:
@@ -340,7 +340,7 @@ class DiffusionGenerator(Generator):
         else:
             heads = out
             if self.segmenter is not None:  # reads the image estimate, not the trunk's features
-                heads = self._denoise(x0.detach(), None, inp, net=self.segmenter)
+                heads = self._denoise(x0.detach(), t, inp, net=self.segmenter)
             x_stage1 = compose((mu + out.x0_coarse).clamp(-1.0, 1.0), ctx, mask)
             x_stage2 = x0.detach() if self.image_grad == "stage1" else x0
             x0_weight = snr.clamp(max=self.snr_gamma) / self.snr_gamma
@@ -392,9 +392,10 @@ class DiffusionGenerator(Generator):
                 o.pred1_h.to(f), o.pred2_h.to(f),
             )  # fmt: skip
 
+        sampler = make_sampler(self.sampler_name, self.scheduler, self.eta)
         res = inpaint(
             denoiser,
-            make_sampler(self.sampler_name, self.scheduler, self.eta),
+            sampler,
             inp.masked_ct,
             inp.band_mask,
             num_inference_steps=steps,
@@ -403,7 +404,8 @@ class DiffusionGenerator(Generator):
             to_image=lambda z: self._to_image(z, mu, rep.masked_ct, mask_k),
         )
         if s1 is None:
-            res = self._heads_on_sample(res, inp, mu[:b], cond[:b])
+            t_last = int(sampler.timesteps[-1])
+            res = self._heads_on_sample(res, inp, mu[:b], cond[:b], t_last)
         else:  # stage 1 is deterministic: its k copies are equal
             f = inp.masked_ct.dtype
             res = res._replace(
@@ -419,15 +421,18 @@ class DiffusionGenerator(Generator):
         return res._replace(steps=steps)
 
     def _heads_on_sample(
-        self, res: SampleOutput, inp: GeneratorInput, mu: Tensor, cond: Tensor
+        self, res: SampleOutput, inp: GeneratorInput, mu: Tensor, cond: Tensor, t_last: int
     ) -> SampleOutput:
-        """Segmentations and heights of the final (mean) sample: from the segmenter, or from
-        one more denoiser call at t = 0 (the last sampler step runs at t = T/n - 1, trailing,
-        too noisy for the heads at few steps: 64 px, 1 / 2 DDIM steps: Dice 0.53 / 0.66, RHDR
-        82 / 40 % without it)."""
+        """Segmentations and heights of the final (mean) sample: from the segmenter, told the
+        timestep ``t_last`` of the last denoiser call (in training it reads the x0 estimate of
+        a call at t and is told t: the final sample of n steps is such an estimate at
+        ``t_last``); or from one more denoiser call at t = 0 (the last sampler step runs at t =
+        T/n - 1, trailing, too noisy for the heads at few steps: 64 px, 1 / 2 DDIM steps: Dice
+        0.53 / 0.66, RHDR 82 / 40 % without it)."""
         o = res.outputs
         if self.segmenter is not None:
-            h = self._denoise(o.x_stage2, None, inp, net=self.segmenter)
+            tl = torch.full((o.x_stage2.shape[0],), t_last, dtype=torch.long)
+            h = self._denoise(o.x_stage2, tl.to(o.x_stage2.device), inp, net=self.segmenter)
         else:
             mask = inp.band_mask.to(inp.masked_ct.dtype)
             z = self._to_z(o.x_stage2, mu, inp.masked_ct, mask)

@@ -58,6 +58,8 @@ class Stage1Output(NamedTuple):
 class Stage1Net(nn.Module):
     """Predict-then-refine stage 1: a :class:`DiffusionUNet` without noise input, run at the
     fixed timestep 0 on (fill-composed context, masked context, band mask, CAM; slice ratio).
+    Also the diffusion generator's segmenter (``--diffusion_heads segmenter``), on an x0
+    estimate and the timestep it was estimated at.
 
     Its zero-initialised image heads are corrections to the fill, so an untrained stage 1
     returns :func:`fill_mean` in the band.
@@ -68,10 +70,19 @@ class Stage1Net(nn.Module):
         self.net = DiffusionUNet(cnum=cnum)
 
     def forward(
-        self, fill: Tensor, masked_ct: Tensor, band_mask: Tensor, cam: Tensor, ratio: Tensor
+        self,
+        fill: Tensor,
+        masked_ct: Tensor,
+        band_mask: Tensor,
+        cam: Tensor,
+        ratio: Tensor,
+        t: Tensor | None = None,
     ) -> UNetOutput:
-        """``fill``: (N, 1, H, W) context with :func:`fill_mean` in the band; the rest as
-        :meth:`DiffusionUNet.forward`. The outputs' ``model_output`` / ``x0_coarse`` are the
-        corrections to add to the fill."""
-        t = torch.zeros(fill.shape[0], dtype=torch.long, device=fill.device)
+        """``fill``: (N, 1, H, W) image of the slice: as stage 1, the context with
+        :func:`fill_mean` in the band; as the diffusion generator's segmenter, an x0 estimate
+        (or the sample). ``t``: (N,) timestep of the denoiser call that estimated it (None: 0).
+        The rest as :meth:`DiffusionUNet.forward`. The outputs' ``model_output`` /
+        ``x0_coarse`` are the corrections to add to the fill (unused by the segmenter)."""
+        if t is None:
+            t = torch.zeros(fill.shape[0], dtype=torch.long, device=fill.device)
         return self.net(fill, masked_ct, band_mask, cam, t, ratio)
