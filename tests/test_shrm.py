@@ -132,3 +132,12 @@ def test_shrm_outputs_uses_each_stage_height() -> None:
     torch.testing.assert_close(out.x_stage1, _reference(imgs[2], imgs[2], rows1.tolist(), h2))
     torch.testing.assert_close(out.x_stage2, _reference(imgs[3], imgs[3], rows2.tolist(), h2))
     assert out.pred1_h is pred1 and out.pred2_h is pred2
+    # --shrm off (an ablation): no restoration, the whole band kept; equal to SHRM at Ht = h2.
+    raw = GeneratorOutput(*imgs, torch.zeros(2, 2, s, s), pred1, pred2)
+    off = shrm_outputs(raw, measured, h2, restore=False)
+    assert off.composed is raw and off.rows1.tolist() == off.rows2.tolist() == [h2, h2]
+    full = shrm_outputs(
+        raw._replace(pred1_h=torch.ones(2, 1), pred2_h=torch.ones(2, 1)), measured, h2
+    )
+    torch.testing.assert_close(full.composed.x_stage2, raw.x_stage2)
+    assert not torch.allclose(out.x_stage2, raw.x_stage2)
