@@ -130,6 +130,21 @@ def choose_folds(grades: np.ndarray, n_splits: int = DEFAULT_FOLDS) -> int:
     return n_splits
 
 
+def bootstrap_ci(
+    y: np.ndarray, pred: np.ndarray, n_boot: int = 1000, seed: int = 0
+) -> dict[str, list[float]]:
+    """95 % percentile intervals of macro precision, recall and F1 over ``n_boot`` resamples
+    of the vertebrae (with replacement; the grades present in ``y``)."""
+    rng, labels = np.random.default_rng(seed), np.unique(y)
+    stats = []
+    for _ in range(n_boot):
+        i = rng.integers(0, len(y), len(y))
+        p, r, f, _ = precision_recall_fscore_support(y[i], pred[i], labels=labels, zero_division=0)
+        stats.append((p.mean(), r.mean(), f.mean()))
+    lo, hi = np.percentile(np.array(stats), [2.5, 97.5], axis=0)
+    return {k: [float(lo[j]), float(hi[j])] for j, k in enumerate(("precision", "recall", "f1"))}
+
+
 def grade(
     features: np.ndarray,
     grades: Sequence[int] | np.ndarray,
@@ -151,6 +166,7 @@ def grade(
     predictions of all N vertebrae), ``fold_macro_f1`` (list), ``per_class``
     ``{grade: {precision, recall, f1, support}}``, ``confusion_matrix`` (rows = true grade,
     columns = predicted, in the order of ``labels``), ``predictions`` (out-of-fold, (N,)),
+    ``truth`` (the grades, (N,)),
     ``labels``, ``n``, ``folds``, ``seed``, ``features``, ``classifier``.
     """
     x = np.asarray(features, dtype=np.float64)
@@ -196,6 +212,7 @@ def grade(
         },
         "confusion_matrix": sk_confusion_matrix(y, pred, labels=labels).tolist(),
         "predictions": [int(v) for v in pred],
+        "truth": [int(v) for v in y],
         "labels": [int(g) for g in labels],
         "n": int(y.size),
         "folds": folds,

@@ -29,9 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import precision_recall_fscore_support
 
-from evaluation.grading import grade, rhlv_features
+from evaluation.grading import bootstrap_ci, grade, rhlv_features
 from evaluation.synthesis_grading import neighbour_ids, phase_grades, thirds_array
 from util.geometry import make_key, split_key
 
@@ -62,21 +61,6 @@ def ceiling_features(
         "own posterior height (Genant ratio)": (o, np.repeat(o[:, 2:3], 3, axis=1)),
         "perfect synthesis": (o, np.array(healthy)),
     }
-
-
-def bootstrap_ci(
-    y: np.ndarray, pred: np.ndarray, n_boot: int = 1000, seed: int = 0
-) -> dict[str, list[float]]:
-    """95 % percentile intervals of macro precision, recall and F1 over ``n_boot`` resamples
-    of the vertebrae (with replacement; the grades present in ``y``)."""
-    rng, labels = np.random.default_rng(seed), np.unique(y)
-    stats = []
-    for _ in range(n_boot):
-        i = rng.integers(0, len(y), len(y))
-        p, r, f, _ = precision_recall_fscore_support(y[i], pred[i], labels=labels, zero_division=0)
-        stats.append((p.mean(), r.mean(), f.mean()))
-    lo, hi = np.percentile(np.array(stats), [2.5, 97.5], axis=0)
-    return {k: [float(lo[j]), float(hi[j])] for j, k in enumerate(("precision", "recall", "f1"))}
 
 
 def grading_ceiling(

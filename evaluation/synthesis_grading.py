@@ -63,6 +63,7 @@ from data.vertebra_dataset import load_splits
 from evaluation.grading import (
     THIRDS,
     HeightsTable,
+    bootstrap_ci,
     grade,
     rhlv_features,
     run_grading,
@@ -219,13 +220,21 @@ def table_from_records(records: Mapping[str, Any]) -> HeightsTable:
     )
 
 
-def _oracles(records: Mapping[str, Any], out_dir: Path, seed: int) -> dict[str, Any]:
-    """RHLV from the true healthy heights (measured, analytic), same classifier and folds;
-    an oracle whose heights some vertebra lacks is left out."""
+#: The graded rows of ``grading.json`` (protocol ours): with synthesis, the neighbour ratio
+#: (``baseline``), the Genant rule, the two oracles.
+ROW_KEYS = ("rhlv", "baseline", "genant_rule", "oracle_measured", "oracle_true")
+
+
+def _model_free_rows(records: Mapping[str, Any], out_dir: Path, seed: int) -> dict[str, Any]:
+    """The rows that need no generator, same classifier and folds: ``genant_rule`` (each
+    third against the vertebra's own posterior height: Ha/Hp, Hc/Hp, the rule radiologists
+    use without neighbours) and RHLV from the true healthy heights (``oracle_measured``,
+    ``oracle_true``); an oracle whose heights some vertebra lacks is left out."""
     ids = list(records)
     y = np.array([records[k]["grade"] for k in ids])
     names = [f"rhlv_{t}" for t in THIRDS]
-    out = {}
+    own = np.array([thirds_array(records[k]["original"]) for k in ids])
+    out = {"genant_rule": grade(rhlv_features(own, np.repeat(own[:, 2:3], 3, axis=1)), y, seed)}
     for name, ori_key, syn_key, title in (
         ("oracle_measured", "original", "healthy_measured", "oracle: measured healthy label"),
         ("oracle_true", "true_original", "true_healthy", "oracle: analytic heights"),
@@ -285,7 +294,13 @@ def grade_synthesis(
         result = grade_synthesis_healthivert(dataroot, synthesis, records, load_splits(dataroot))
     else:
         result = run_grading(table_from_records(records), out_dir, seed)
-        result.update(_oracles(records, out_dir, seed), protocol_note=PROTOCOL_NOTES["ours"])
+        result.update(
+            _model_free_rows(records, out_dir, seed), protocol_note=PROTOCOL_NOTES["ours"]
+        )
+        for key in ROW_KEYS:  # 95 % intervals by bootstrap over the vertebrae
+            if key in result:
+                res = result[key]
+                res["ci95"] = bootstrap_ci(np.array(res["truth"]), np.array(res["predictions"]))
     grades = [r["grade"] for r in records.values()]
     result.update(
         {
@@ -313,12 +328,15 @@ def summary(result: Mapping[str, Any], out_dir: str | Path) -> str:
         f"{len(result['skipped'])} left out, {len(result['synthesis_failed'])} synthesised "
         "labels not measurable (RHLV 0)",
     ]
-    for key in ("rhlv", "baseline", "oracle_measured", "oracle_true"):
+    for key in ROW_KEYS:
         res = result.get(key)
         if res is not None:
+            ci = res.get("ci95", {}).get("f1")
             lines.append(
                 f"{key:>16}: macro P {res['macro_precision']:.3f} R {res['macro_recall']:.3f} "
-                f"F1 {res['macro_f1']:.3f} ({res['folds']} folds)"
+                f"F1 {res['macro_f1']:.3f}"
+                + (f" (95 % CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
+                + f" ({res['folds']} folds)"
             )
     metrics = result.get("synthesis_metrics")
     if metrics and metrics["n"]:

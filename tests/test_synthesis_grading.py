@@ -267,8 +267,19 @@ def test_grade_synthesis_known_answer(tmp_path, capsys, run_script):
     assert base["confusion_matrix"] == expected["confusion_matrix"]
     for name in ("confusion_matrix.png", "confusion_matrix_baseline.png"):
         assert (out / name).stat().st_size > 0
+    # the Genant rule: the same classifier on 1 - H_third / H_posterior of the vertebra itself
+    own = np.repeat(ori[:, None], 3, axis=1)
+    expected = grade(1 - own / own[:, 2:3], grades, 0)
+    assert result["genant_rule"]["confusion_matrix"] == expected["confusion_matrix"]
+    # every row has a bootstrap interval around its estimate
+    for key in ("rhlv", "baseline", "genant_rule", "oracle_true"):
+        lo, hi = result[key]["ci95"]["f1"]
+        assert lo <= result[key]["macro_f1"] <= hi, key
+        assert result[key]["truth"] == grades
+    assert result["baseline"]["ci95"]["f1"][0] < result["baseline"]["ci95"]["f1"][1]
     printed = capsys.readouterr().out
-    assert "rhlv" in printed and "baseline" in printed
+    assert "rhlv" in printed and "baseline" in printed and "genant_rule" in printed
+    assert "95 % CI" in printed
 
 
 def test_grade_synthesis_failures_count_against_the_synthesis(tmp_path):
