@@ -11,7 +11,8 @@ source scripts/setup_env.sh
 SIZE="${DEMO_IMG_SIZE:-64}"
 EPOCHS="${DEMO_EPOCHS:-20}"
 DECAY="${DEMO_EPOCHS_DECAY:-10}"
-STEPS="${DEMO_DDIM_STEPS:-10}"
+# sampler steps of the diffusion generator: its default (see DIFFUSION_QUICKSTART.md) unless set
+STEPS=(${DEMO_STEPS:+--num_inference_steps "$DEMO_STEPS"})
 ROOT="datasets/phantom"
 COMMON=(--dataroot "$ROOT" --img_size "$SIZE" --gpu_ids -1 --seed 0 --batch_size 8 --num_workers 2)
 LOGS="results/demo_logs"
@@ -53,12 +54,12 @@ run train_diffusion "$PY" train.py "${COMMON[@]}" --name demo_diffusion --netG_t
 echo "[demo] 5/6 evaluating both on the test split"
 run test_gan "$PY" test.py "${COMMON[@]}" --name demo_gan --netG_type gan --results_dir results
 run test_diffusion "$PY" test.py "${COMMON[@]}" --name demo_diffusion --netG_type diffusion \
-    --results_dir results --num_inference_steps "$STEPS"
+    --results_dir results "${STEPS[@]}"
 
 echo "[demo] 6/6 Genant grading: whole val+test vertebrae synthesised, RHLV vs neighbour heights"
 for G in gan diffusion; do
     run "synthesis_$G" "$PY" scripts/synthesize_volume.py "${COMMON[@]}" --name "demo_$G" \
-        --netG_type "$G" --results_dir results --phase all_eval --num_inference_steps "$STEPS" \
+        --netG_type "$G" --results_dir results --phase all_eval "${STEPS[@]}" \
         --out "results/demo_$G/synthesis_all_eval"
     run "grading_$G" "$PY" scripts/grade_synthesis.py --dataroot "$ROOT" --phase all_eval \
         --synthesis "results/demo_$G/synthesis_all_eval" --out "results/demo_$G/grading_all_eval"
