@@ -109,7 +109,8 @@ def _whole_vertebra(
     per_step: dict[tuple[int, str], dict[str, float]],
 ) -> dict[str, Any]:
     """Every slice of the central 4/5 of an S/4-slice volume, in batches of at most
-    ``vertebra_max_batch``, one full measured run; the other precision extrapolated from
+    ``vertebra_max_batch``, with the generator's default sampler and steps (unless
+    ``vertebra_steps``), one full measured run; the other precision extrapolated from
     ``per_step`` (:func:`_sampling`)."""
     dev, machine = ctx["device"], ctx["machine"]
     lo, hi = central_range(0, cfg.img_size // 4 - 1)
@@ -119,17 +120,18 @@ def _whole_vertebra(
     prec = "bf16" if machine["bf16"]["fast"] else "fp32"
     inp = generator_input(synthetic_batch(batch, cfg.img_size, seed=3), dev)
     _time_sample(gen, inp, 1, 1, dev, prec)  # warm-up at this batch size (oneDNN plans per shape)
-    run = _time_sample(gen, inp, cfg.vertebra_steps, 1, dev, prec)
+    steps = gen.default_steps if cfg.vertebra_steps is None else cfg.vertebra_steps
+    run = _time_sample(gen, inp, steps, 1, dev, prec)
     seconds = run["median_ms"] * n_calls / 1000.0
     ref_b = batch if batch in cfg.sample_batches else max(cfg.sample_batches)
     estimates = {
-        p: ms["median_ms"] * batch / ref_b * cfg.vertebra_steps * n_calls / 1000.0
+        p: ms["median_ms"] * batch / ref_b * steps * n_calls / 1000.0
         for (b, p), ms in per_step.items()
         if b == ref_b
     }
     gan_fwd = ctx["results"].get("gan", {}).get("forward", [])
     return {
-        "slices": n_slices, "batch": batch, "calls": n_calls, "steps": cfg.vertebra_steps,
+        "slices": n_slices, "batch": batch, "calls": n_calls, "steps": steps,
         "precision": prec, "method": "measured (one full run)", "seconds": seconds,
         "estimated_seconds": estimates, "target_s": REFERENCE["vertebra_target_s"],
         "meets_target": seconds < REFERENCE["vertebra_target_s"],
