@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -36,6 +36,7 @@ from tqdm import tqdm
 from models.shrm import restored_height_rows, shrm_compose
 from util.geometry import REFERENCE_SIZE, band_px, band_rows, split_key
 from util.metrics import rhdr, slice_metrics
+from util.misc import item_generator
 
 #: The original's evaluation keeps slices with more than 400 label voxels at 256 px.
 MIN_VOXELS_AT_256 = 400
@@ -103,6 +104,15 @@ class EvalResult:
     seconds: float = 0.0
     #: sampling steps per slice (``InferenceOutput.steps``; None for a one-pass generator)
     steps: int | None = None
+
+    def add(self, part: EvalResult) -> None:
+        """Append the result of further vertebrae (rows after these rows)."""
+        self.rows.extend(part.rows)
+        self.images.update(part.images)
+        self.slices.update(part.slices)
+        self.seconds += part.seconds
+        if part.steps is not None:
+            self.steps = part.steps
 
 
 class _BatchArrays(NamedTuple):
@@ -177,6 +187,119 @@ def _slice_row(
     return row
 
 
+def vertebra_batches(
+    items: Sequence[tuple[str, int, bool]], batch_size: int, max_batches: int | None = None
+) -> dict[str, list[list[int]]]:
+    """The batches of an evaluation: per vertebra id (in the order of ``items``, e.g.
+    ``EvalSlices.items``), the indices into ``items`` of its slices, at most ``batch_size``
+    per batch. A batch never mixes vertebrae; only the first ``max_batches`` batches
+    (None: all) are kept, so a vertebra may keep only its first batches."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    slices: dict[str, list[int]] = {}
+    for i, (key, _, _) in enumerate(items):
+        slices.setdefault(key, []).append(i)
+    plan: dict[str, list[list[int]]] = {}
+    left = math.inf if max_batches is None else max_batches
+    for key, idx in slices.items():
+        for b in range(0, len(idx), batch_size):
+            if left <= 0:
+                return plan
+            plan.setdefault(key, []).append(idx[b : b + batch_size])
+            left -= 1
+    return plan
+
+
+def _add_batch(
+    part: EvalResult, batch: dict[str, Any], out: Any, extra: Mapping[str, Any], keep: bool
+) -> None:
+    """Score the slices of ``batch`` (``model.infer``'s ``out``) into ``part``: rows, the
+    images of the most central slice, and with ``keep`` the composed slices."""
+    part.steps = out.steps
+    arr = _batch_arrays(out, batch)
+    columns = {**extra, "steps": "" if out.steps is None else out.steps}
+    for j, key in enumerate(batch["id"]):
+        if not bool(batch["keep"][j]):
+            continue
+        row = _slice_row(batch, j, arr, columns)
+        part.rows.append(row)
+        best = part.images.get(key)
+        if best is None or row["slice_ratio"] < best["slice_ratio"]:
+            part.images[key] = {
+                "input": batch["A"][j, 0].numpy(),
+                "output": arr.fake[j],
+                "truth": arr.truth_b[j],
+                "difference": np.abs(arr.fake[j] - arr.truth_b[j]),
+                "baseline": arr.base[j],
+                "uncertainty": None if arr.std is None else arr.std[j],
+                "ssim_patch": row["ssim_patch"],
+                "slice_ratio": row["slice_ratio"],
+            }
+        if keep:
+            part.slices.setdefault(key, {})[row["slice_index"]] = (arr.fake[j], arr.seg[j])
+
+
+def evaluate_vertebrae(
+    model: Any,
+    slices: EvalSlices,
+    plan: Mapping[str, Sequence[Sequence[int]]],
+    *,
+    num_workers: int = 0,
+    keep_slices: bool = False,
+    steps: int | None = None,
+    seed: int = 0,
+    desc: str = "evaluating",
+    extra: Mapping[str, Any] | None = None,
+) -> Iterator[tuple[str, EvalResult]]:
+    """Evaluate the vertebrae of ``plan`` (:func:`vertebra_batches`, or a subset of it) one
+    after the other, yielding ``(id, its EvalResult)`` as each is finished.
+
+    Each vertebra's sampling noise comes from its own generator, seeded from ``seed`` and
+    its id (``util.misc.item_generator``), and its batches hold no other vertebra: its rows
+    do not depend on which other vertebrae are evaluated, in which process or order. They do
+    depend on the batch split for a stochastic (diffusion) sampler. ``const_rhdr`` needs
+    every row: :func:`add_const_rhdr` after the last vertebra.
+    """
+    flat = [(key, list(b)) for key, batches in plan.items() for b in batches]
+    # own generator: iterating a DataLoader draws its workers' base seed from it, not from
+    # torch's global RNG (training validation must leave the training stream alone)
+    loader = DataLoader(
+        slices,
+        batch_sampler=[b for _, b in flat],
+        num_workers=num_workers,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    device = getattr(model, "device", torch.device("cpu"))
+    model.eval()
+    key, part, gen = None, EvalResult(rows=[]), None
+    last = time.perf_counter()
+    batches = tqdm(loader, desc=desc, unit="batch", leave=False)
+    for (batch_key, _), batch in zip(flat, batches, strict=True):
+        if batch_key != key:
+            if key is not None:
+                yield key, part
+                last = time.perf_counter()
+            key, part = batch_key, EvalResult(rows=[])
+            gen = item_generator(seed, key, device)
+        out = model.infer(batch, steps=steps, generator=gen)
+        _add_batch(part, batch, out, extra or {}, keep_slices)
+        now = time.perf_counter()
+        part.seconds += now - last
+        last = now
+    if key is not None:
+        yield key, part
+
+
+def add_const_rhdr(rows: Sequence[dict[str, Any]]) -> None:
+    """Trivial height predictor beside ``rhdr``: the mean true height of all ``rows``, in
+    each row's ``const_rhdr`` (it even knows the test set's mean, so beating it is a
+    conservative claim). A function of every row: computed once all are there."""
+    if rows:
+        mean_h = float(np.mean([r["height_gt_px"] for r in rows]))
+        for r in rows:
+            r["const_rhdr"] = float(rhdr(mean_h, r["height_gt_px"]))
+
+
 def evaluate(
     model: Any,
     dataset: Any,
@@ -191,56 +314,26 @@ def evaluate(
     extra_columns: Callable[[], dict[str, Any]] | None = None,
 ) -> EvalResult:
     """Run ``model.infer`` (a ``Pix2PixModel``, put in eval mode here) over every valid slice
-    of ``dataset``, ``steps`` sampling steps per slice (``None``: the model's default), after
-    ``torch.manual_seed(seed)``.
+    of ``dataset``, ``steps`` sampling steps per slice (``None``: the model's default), in
+    batches of at most ``batch_size`` slices of one vertebra, the first ``max_batches``
+    batches only (:func:`vertebra_batches`), each vertebra seeded from ``seed`` and its id
+    (:func:`evaluate_vertebrae`; torch's global RNG is not used).
 
     Returns one metrics row per kept slice (see ``util.metrics.slice_metrics`` for the metric
     keys; ``fill_*`` columns hold the trivial baseline; ``steps`` the sampling steps, empty
     for a one-pass generator), images of the central slice of each vertebra for the report,
     and with ``keep_slices`` the composed slices for volumes.
     """
-    loader = DataLoader(
-        EvalSlices(dataset), batch_size=batch_size, shuffle=False, num_workers=num_workers
-    )
-    model.eval()
-    torch.manual_seed(seed)
-    result = EvalResult(rows=[])
-    best_ratio: dict[str, float] = {}
+    slices = EvalSlices(dataset)
+    plan = vertebra_batches(slices.items, batch_size, max_batches)
     extra = extra_columns() if extra_columns else {}
-    start = time.perf_counter()
-    for i, batch in enumerate(tqdm(loader, desc=desc, unit="batch", leave=False)):
-        if max_batches is not None and i >= max_batches:
-            break
-        out = model.infer(batch, steps=steps)
-        result.steps = out.steps
-        arr = _batch_arrays(out, batch)
-        columns = {**extra, "steps": "" if out.steps is None else out.steps}
-        for j, key in enumerate(batch["id"]):
-            if not bool(batch["keep"][j]):
-                continue
-            row = _slice_row(batch, j, arr, columns)
-            result.rows.append(row)
-            ratio = row["slice_ratio"]
-            if ratio < best_ratio.get(key, math.inf):
-                best_ratio[key] = ratio
-                result.images[key] = {
-                    "input": batch["A"][j, 0].numpy(),
-                    "output": arr.fake[j],
-                    "truth": arr.truth_b[j],
-                    "difference": np.abs(arr.fake[j] - arr.truth_b[j]),
-                    "baseline": arr.base[j],
-                    "uncertainty": None if arr.std is None else arr.std[j],
-                    "ssim_patch": row["ssim_patch"],
-                }
-            if keep_slices:
-                result.slices.setdefault(key, {})[row["slice_index"]] = (arr.fake[j], arr.seg[j])
-    result.seconds = time.perf_counter() - start
-    # Trivial height predictor: the mean true height of the evaluated slices (it even knows
-    # the test set's mean, so beating it is a conservative claim).
-    if result.rows:
-        mean_h = float(np.mean([r["height_gt_px"] for r in result.rows]))
-        for r in result.rows:
-            r["const_rhdr"] = float(rhdr(mean_h, r["height_gt_px"]))
+    result = EvalResult(rows=[])
+    for _, part in evaluate_vertebrae(
+        model, slices, plan, num_workers=num_workers, keep_slices=keep_slices, steps=steps,
+        seed=seed, desc=desc, extra=extra,
+    ):  # fmt: skip
+        result.add(part)
+    add_const_rhdr(result.rows)
     return result
 
 

@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import copy
 import warnings
-import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -64,6 +63,7 @@ from evaluation.synthesis_shard import index_path, load_done, save_done, shard_o
 from models import create_model
 from util.geometry import PHASES, SPLIT_FILE, split_key
 from util.io import write_json_atomic
+from util.misc import item_generator
 from util.nifti_io import load_nifti
 from util.shard import Shard
 from util.volumes import write_synthesised_volumes
@@ -234,11 +234,6 @@ def synthesise_samples(
     return out, steps_run
 
 
-def _vertebra_generator(device: torch.device, seed: int, key: str) -> torch.Generator:
-    # Per-vertebra seed: a vertebra's synthesis does not depend on the order or the subset.
-    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + zlib.crc32(key.encode()))
-
-
 def _context_volumes(
     dataset: Any, key: str, done: Mapping[str, dict[str, Any]], out_dir: Path
 ) -> tuple[np.ndarray | None, np.ndarray | None, list[dict[str, Any]]]:
@@ -361,7 +356,7 @@ def synthesise_datasets(
     for key in tqdm(mine, desc=f"synthesis {shard}", unit="vertebra", disable=not progress):
         rec = load_done(out_dir, key, run)
         if rec is None:
-            gen = _vertebra_generator(device, seed, key)
+            gen = item_generator(seed, key, device)
             entry, steps_run = _synthesise_one(
                 model, owner[key], key, done=done, out_dir=out_dir, iterative=iterative,
                 batch_size=batch_size, steps=steps, generator=gen,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from options.base_options import BaseOptions, _positive_int
 from options.checks import check_name
+from util.shard import shard_arg
 
 
 class TestOptions(BaseOptions):
@@ -30,7 +31,7 @@ class TestOptions(BaseOptions):
             "--num_test",
             type=_positive_int,
             default=None,
-            help="evaluate at most this many batches",
+            help="evaluate at most this many batches (of one vertebra's slices each)",
         )
         parser.add_argument(
             "--save_volumes",
@@ -42,6 +43,20 @@ class TestOptions(BaseOptions):
             "--no_ema",
             action="store_true",
             help="use the raw generator weights instead of their EMA",
+        )
+        parser.add_argument(
+            "--shard",
+            type=lambda text: str(shard_arg(text)),
+            default=None,
+            help="'i/N': evaluate this process's share of the vertebrae into the results "
+            "folder, skipping those already done (default: RANK/WORLD_SIZE under torchrun, "
+            "else all); then --merge",
+        )
+        parser.add_argument(
+            "--merge",
+            action="store_true",
+            help="after every shard: write metrics.csv, summary.json and index.html from "
+            "the shards' records",
         )
         return parser
 

@@ -29,7 +29,7 @@ def _argv(root: Path, ckpt: Path, netg: str, name: str, *extra: str) -> list[str
     argv += ["--netG_type", netg, "--img_size", "32", "--gpu_ids", "-1", "--batch_size", "2"]
     argv += ["--n_epochs", "2", "--n_epochs_decay", str(EPOCHS - 2), "--save_epoch_freq", "1"]
     argv += ["--print_freq", "1", "--num_workers", "0", "--seed", "3"]
-    if netg == "diffusion":  # validation too: it reseeds torch's RNG and keeps a best checkpoint
+    if netg == "diffusion":  # validation too: own noise generators, keeps a best checkpoint
         argv += ["--eval_freq", "2", "--num_inference_steps", "2", "--eval_max_batches", "1"]
     return [*argv, *extra]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import zlib
 
 import numpy as np
 import torch
@@ -89,6 +90,13 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def item_generator(seed: int, key: str, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator seeded from the run's ``seed`` and one work item's ``key`` (a vertebra id)
+    alone, so the item's random draws do not depend on the order, the subset or the shard
+    (process) it runs in."""
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + zlib.crc32(key.encode()))
 
 
 def tensor2im(image: Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
