@@ -444,4 +444,3 @@ def test_segmenter_reads_the_image_estimate_in_training_and_the_sample_at_infere
     (out.outputs.fine_seg.mean() + out.outputs.pred2_h.mean()).backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in gen.segmenter.parameters())
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in gen.unet.parameters())
-
