@@ -17,6 +17,7 @@ SCHEMA = {
     "macro_f1",
     "fold_macro_f1",
     "predictions",
+    "truth",
     "per_class",
     "confusion_matrix",
     "labels",
@@ -51,6 +52,7 @@ def test_separable_grades_give_f1_one():
     feats, grades = _separable()
     res = G.grade(feats, grades, seed=3)
     assert set(res) == SCHEMA
+    assert res["truth"] == [int(g) for g in grades]  # in input order, beside "predictions"
     assert res["macro_f1"] == pytest.approx(1.0)
     assert res["macro_precision"] == pytest.approx(1.0)
     assert res["folds"] == 5 and res["n"] == 40
