@@ -210,7 +210,7 @@ def test_training_reduces_diffusion_loss():
 
 
 def test_sample_contract_known_region_and_determinism():
-    gen = _gen(eta=0.0)
+    gen = _gen(eta=0.0, sampler="ddim")  # eta is DDIM's
     _randomize(gen.unet)
     inp, _ = _batch()
     a = gen.sample(inp, generator=torch.Generator().manual_seed(3))
@@ -288,7 +288,7 @@ def test_options_registry_and_crop():
     assert find_generator("diffusion") is DiffusionGenerator
     parser = DiffusionGenerator.modify_commandline_options(argparse.ArgumentParser(), True)
     opt = parser.parse_args(["--diffusion_beta_schedule", "cosine", "--prediction_type", "sample"])
-    assert (opt.diffusion_timesteps, opt.eta, opt.sampler) == (1000, 0.0, "ddim")
+    assert (opt.diffusion_timesteps, opt.eta, opt.sampler) == (1000, 0.0, "dpmsolver++")
     # --num_inference_steps is the model's flag; the generator no longer overrides it
     assert not hasattr(opt, "num_inference_steps")
     with pytest.raises(SystemExit):
@@ -296,7 +296,7 @@ def test_options_registry_and_crop():
     opt.img_size = 64
     gen = DiffusionGenerator.from_opt(opt)
     assert gen.crop_rows == 24 and gen.scheduler.beta_schedule == "cosine"
-    assert gen.default_steps == 2
+    assert gen.default_steps == 4 and gen.sampler_name == "dpmsolver++"
     assert gen.scheduler.prediction_type == "sample"
     assert [crop_rows_for(s, 96) for s in (64, 128, 256)] == [24, 48, 96]
     assert crop_rows_for(256, 0) == 256
