@@ -7,6 +7,7 @@ Used by ``scripts/step_sweep.py``; the table in docs/BENCHMARKS.md ("Quality vs 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -78,3 +79,33 @@ def markdown_table(table: list[dict[str, Any]]) -> str:
             f"| {r['hf_ratio']:.2f} | {1e3 * r['seconds_per_slice']:.0f} |"
         )
     return "\n".join(lines)
+
+
+def plot_sweep(table: list[dict[str, Any]], path: str | Path) -> None:
+    """Band SSIM, band L1 and texture (``hf_ratio``) against the steps, one line per sampler
+    (log-scaled steps; the fill baseline dashed), written as a PNG to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    panels = (
+        ("ssim_patch", "band SSIM"),
+        ("l1_patch", "band L1"),
+        ("hf_ratio", "texture (hf_ratio)"),
+    )
+    for ax, (key, label) in zip(axes, panels, strict=True):
+        for sampler in dict.fromkeys(r["sampler"] for r in table):
+            rows = [r for r in table if r["sampler"] == sampler]
+            ax.plot([r["steps"] for r in rows], [r[key] for r in rows], "o-", label=sampler)
+        ax.axhline(table[0][f"fill_{key}"], color="k", ls="--", lw=1, label="fill")
+        if key == "hf_ratio":
+            ax.axhspan(0.8, 1.2, color="g", alpha=0.1, label="truth +- 20 %")
+        ax.set_xscale("log")
+        ax.set_xlabel("sampler steps")
+        ax.set_title(label)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

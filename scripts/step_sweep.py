@@ -7,8 +7,9 @@ Example::
         [--samplers ddim,dpmsolver++] [--steps 1,2,4,8,16,25,50] [--out sweep]
 
 Every flag of ``test.py`` is accepted (``--num_test N``: the first N batches only). Writes
-``<out>.json`` and ``<out>.md`` (default ``<results_dir>/<name>/step_sweep_<phase>``) and
-prints the table; library: ``evaluation/step_sweep.py``.
+``<out>.json``, ``<out>.md``, ``<out>.png`` (the curves; default
+``<results_dir>/<name>/step_sweep_<phase>``) and prints the table; library:
+``evaluation/step_sweep.py``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from data import find_dataset
-from evaluation.step_sweep import markdown_table, step_sweep
+from evaluation.step_sweep import markdown_table, plot_sweep, step_sweep
 from models import create_model
 from options.test_options import TestOptions
 from util.cli import run_main
@@ -55,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_json_atomic(out.with_suffix(".json"), {"name": opt.name, "rows": table})
     text = markdown_table(table)
     out.with_suffix(".md").write_text(text + "\n", encoding="utf-8")
+    plot_sweep(table, out.with_suffix(".png"))
     print(text)
     return 0
 
