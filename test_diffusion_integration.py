@@ -294,7 +294,5 @@ def test_default_design_learns_the_segmentation(phantom_slices, tmp_path):
     # 0.002, G_dice_fine 0.91 -> 0.92 over 300 steps. The default segmenter of the image
     # estimate learns it (demo: G_dice_fine 0.92 -> 0.28, Dice 0.81). On these 4 slices,
     # 100 steps: segmenter 0.921 -> 0.89; probe heads 0.921 -> 0.912 (fail here).
-    first, last = diffusion_loss_first_last(
-        phantom_slices, tmp_path, steps=100, name="G_dice_fine"
-    )
+    first, last = diffusion_loss_first_last(phantom_slices, tmp_path, steps=100, name="G_dice_fine")
     assert last < first - 0.02, (first, last)
