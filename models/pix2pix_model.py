@@ -249,7 +249,7 @@ class Pix2PixModel(BaseModel):
         self.aux_losses = {k: v.float() for k, v in result.aux_losses.items()}
         self.x0_weight = result.x0_weight.float().detach()
         self.outputs = _as_float(result.outputs)
-        composed = self._shrm(self.outputs, self.height).composed
+        composed, self.rows1, self.rows2 = self._shrm(self.outputs, self.height)
         self.fake_B1, self.fake_B = composed.x_stage1, composed.x_stage2
         self.coarse_seg, self.fine_seg = composed.coarse_seg, composed.fine_seg
 
@@ -305,9 +305,8 @@ class Pix2PixModel(BaseModel):
         ``--seg_losses``): by default :meth:`compose`'s, as at inference."""
         o = self.outputs
         if self.opt.shrm_context == "truth":
-            _, rows1, rows2 = self._shrm(o, self.height)
-            ct1 = shrm_compose_on_truth(o.x_stage1, self.real_B, rows1, self.height)
-            ct2 = shrm_compose_on_truth(o.x_stage2, self.real_B, rows2, self.height)
+            ct1 = shrm_compose_on_truth(o.x_stage1, self.real_B, self.rows1, self.height)
+            ct2 = shrm_compose_on_truth(o.x_stage2, self.real_B, self.rows2, self.height)
         else:
             ct1, ct2 = self.fake_B1, self.fake_B
         fine = o.fine_seg if self.opt.seg_losses == "raw" else self.fine_seg
