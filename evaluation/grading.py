@@ -87,6 +87,13 @@ def _positive(arr: np.ndarray, what: str) -> np.ndarray:
     return arr
 
 
+def genant_reference(original: np.ndarray) -> np.ndarray:
+    """(N, 3) reference heights of the Genant rule without neighbours: every third of a
+    vertebra against its own posterior height (Ha/Hp, Hc/Hp), from its (N, 3) heights
+    (anterior, middle, posterior)."""
+    return np.repeat(np.asarray(original)[:, 2:3], 3, axis=1)
+
+
 def rhlv_features(original: np.ndarray, synthesised: np.ndarray) -> np.ndarray:
     """RHLV ``(H_syn - H_ori) / H_syn`` per third: (N, 3) heights in mm -> (N, 3) fractions."""
     ori = _positive(original, "original")

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from evaluation.grading import bootstrap_ci, grade, rhlv_features
+from evaluation.grading import bootstrap_ci, genant_reference, grade, rhlv_features
 from evaluation.synthesis_grading import neighbour_ids, phase_grades, thirds_array
 from util.geometry import make_key, split_key
 
@@ -58,7 +58,7 @@ def ceiling_features(
     return {
         "neighbour ratio": (o, np.array(nb)),
         "neighbour ratio, healthy neighbours": (o, np.array(nb_healthy)),
-        "own posterior height (Genant ratio)": (o, np.repeat(o[:, 2:3], 3, axis=1)),
+        "own posterior height (Genant ratio)": (o, genant_reference(o)),
         "perfect synthesis": (o, np.array(healthy)),
     }
 

@@ -64,6 +64,7 @@ from evaluation.grading import (
     THIRDS,
     HeightsTable,
     bootstrap_ci,
+    genant_reference,
     grade,
     rhlv_features,
     run_grading,
@@ -234,7 +235,7 @@ def _model_free_rows(records: Mapping[str, Any], out_dir: Path, seed: int) -> di
     y = np.array([records[k]["grade"] for k in ids])
     names = [f"rhlv_{t}" for t in THIRDS]
     own = np.array([thirds_array(records[k]["original"]) for k in ids])
-    out = {"genant_rule": grade(rhlv_features(own, np.repeat(own[:, 2:3], 3, axis=1)), y, seed)}
+    out = {"genant_rule": grade(rhlv_features(own, genant_reference(own)), y, seed)}
     for name, ori_key, syn_key, title in (
         ("oracle_measured", "original", "healthy_measured", "oracle: measured healthy label"),
         ("oracle_true", "true_original", "true_healthy", "oracle: analytic heights"),

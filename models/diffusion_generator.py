@@ -30,9 +30,7 @@ from models.generator_base import (
     SampleOutput,
     TrainingOutput,
 )
-from models.noise_scheduler import (
-    DDPMScheduler,
-)
+from models.noise_scheduler import DDPMScheduler
 from models.sampling import DenoiserOutput, compose, inpaint
 from util.geometry import band_px
 
@@ -431,8 +429,9 @@ class DiffusionGenerator(Generator):
         0.53 / 0.66, RHDR 82 / 40 % without it)."""
         o = res.outputs
         if self.segmenter is not None:
-            tl = torch.full((o.x_stage2.shape[0],), t_last, dtype=torch.long)
-            h = self._denoise(o.x_stage2, tl.to(o.x_stage2.device), inp, net=self.segmenter)
+            x = o.x_stage2
+            tl = torch.full((x.shape[0],), t_last, dtype=torch.long, device=x.device)
+            h = self._denoise(x, tl, inp, net=self.segmenter)
         else:
             mask = inp.band_mask.to(inp.masked_ct.dtype)
             z = self._to_z(o.x_stage2, mu, inp.masked_ct, mask)
